@@ -1,0 +1,59 @@
+"""The format registry: decoders for qcow2, qed and raw.
+
+``REGISTRY`` is the probe order; raw comes last and accepts anything.  A
+format module provides ``NAME``, ``sniff(buf) -> bool`` (on the first 512
+bytes, as qemu probes) and ``decode(buf, file_size) -> DecodedImage``.
+Adding a format is one module and one line here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from imgchain.errors import UnsupportedFeatureError
+
+from . import qcow2, qed, raw
+from ._base import DecodedImage, NeedBytes, Window
+from .foreign import sniff_foreign
+
+__all__ = ["PROBE_SIZE", "REGISTRY", "DecodedImage", "NeedBytes", "Window", "by_name", "names", "probe"]
+
+#: Bytes read to probe a format, as the issue and qemu's probes need.
+PROBE_SIZE = 512
+
+REGISTRY: tuple[ModuleType, ...] = (qcow2, qed, raw)
+
+_BY_NAME = {m.NAME: m for m in REGISTRY}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_BY_NAME)
+
+
+def by_name(name: str) -> ModuleType:
+    """The decoder module for a format name; UnsupportedFeatureError for a
+    name imgchain does not decode."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnsupportedFeatureError(
+            name, f"format {name!r} is not one imgchain decodes ({', '.join(_BY_NAME)})"
+        ) from None
+
+
+def probe(buf: bytes, filename: str | None = None) -> ModuleType:
+    """The format of a file whose first bytes are ``buf``, as qemu probes it.
+
+    An empty file is raw.  A file carrying the signature of a format qemu
+    knows but imgchain does not decode is refused rather than called raw.
+    """
+    head = buf[:PROBE_SIZE]
+    for module in REGISTRY[:-1]:
+        if module.sniff(head):
+            return module
+    other = sniff_foreign(head, filename)
+    if other is not None:
+        raise UnsupportedFeatureError(
+            other, f"the file holds a {other} header; imgchain decodes only {', '.join(_BY_NAME)}"
+        )
+    return raw

@@ -1,0 +1,5 @@
+import sys
+
+from imgchain.cli import main
+
+sys.exit(main())

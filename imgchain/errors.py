@@ -1,0 +1,140 @@
+"""The exception tree of imgchain.
+
+::
+
+    ImgChainError                     everything imgchain raises on purpose
+    ├─ FormatError(ValueError)        a header breaks its format's rules
+    │  ├─ TruncatedError              the header runs past the end of the file
+    │  └─ UnsupportedFeatureError     well formed, but must be refused
+    │                                 (unknown incompatible bits, version, ...)
+    └─ ChainError                     a problem of the chain, not of one header
+       ├─ BackingLoopError            a layer is its own ancestor
+       ├─ BackingMissingError         a backing file does not exist
+       ├─ ChainTooDeepError           more layers than the depth limit
+       ├─ NotRegularFileError         a FIFO, socket, character device or
+       │                              directory where an image should be
+       └─ ImageAccessError            the OS refused to stat, open or read it
+
+Every message is one line.  Untrusted strings (backing names above all) are
+put into messages with ``!r`` so that they cannot drive a terminal.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackingLoopError",
+    "BackingMissingError",
+    "ChainError",
+    "ChainTooDeepError",
+    "FormatError",
+    "ImageAccessError",
+    "ImgChainError",
+    "NotRegularFileError",
+    "TruncatedError",
+    "UnsupportedFeatureError",
+    "shown",
+]
+
+
+class ImgChainError(Exception):
+    """Base of every error imgchain raises on purpose.
+
+    ``path`` names the file concerned, when one is (the probe sets it on the
+    format errors of the file it read); ``str()`` is the reason alone, so a
+    front end prints ``imgchain: <path>: <reason>``.
+    """
+
+    path: str | None = None
+    #: The overlay whose backing file ``path`` is, when it is one.
+    referrer: str | None = None
+
+    def describe(self) -> str:
+        """One line: ``<path>: <reason> (backing file of <overlay>)``.
+        Paths that are not plain printable text are shown quoted and escaped."""
+        text = str(self)
+        if self.referrer is not None:
+            text += f" (backing file of {self.referrer!r})"
+        if self.path is not None:
+            text = f"{shown(self.path)}: {text}"
+        return text
+
+
+def shown(path: str) -> str:
+    """A file name safe to print on a terminal: as it is when it is plain
+    printable text, else quoted with its odd characters escaped."""
+    if path.isprintable() and path.strip() == path and not any("\udc80" <= c <= "\udcff" for c in path):
+        return path
+    return repr(path)
+
+
+class FormatError(ImgChainError, ValueError):
+    """A header that breaks its format's rules.
+
+    ``str()`` reads ``"qcow2: cluster_bits 30 outside 9..21 [cluster_bits @ 0x14]"``:
+    the format, what is wrong, and where (field and byte offset) when known.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        reason: str,
+        *,
+        field: str | None = None,
+        offset: int | None = None,
+        value: object = None,
+    ) -> None:
+        self.fmt = fmt
+        self.reason = reason
+        self.field = field
+        self.offset = offset
+        self.value = value
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.field is not None and self.offset is not None:
+            where = f" [{self.field} @ {self.offset:#x}]"
+        elif self.field is not None:
+            where = f" [{self.field}]"
+        elif self.offset is not None:
+            where = f" [@ {self.offset:#x}]"
+        return f"{self.fmt}: {self.reason}{where}"
+
+
+class TruncatedError(FormatError):
+    """The header, or something it points at that the header work needs,
+    lies past the end of the file."""
+
+
+class UnsupportedFeatureError(FormatError):
+    """Well formed, but the format's rules say to refuse it."""
+
+
+class ChainError(ImgChainError):
+    """A problem of the chain as a whole.  ``path`` is the layer concerned."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BackingLoopError(ChainError):
+    """A layer is its own ancestor (found by device and inode)."""
+
+
+class BackingMissingError(ChainError):
+    """A backing file does not exist."""
+
+
+class ChainTooDeepError(ChainError):
+    """The chain has more layers than the depth limit."""
+
+
+class NotRegularFileError(ChainError):
+    """A FIFO, socket, character device or directory stands where an image
+    should be.  It is never opened."""
+
+
+class ImageAccessError(ChainError):
+    """The OS refused to stat, open or read a file (permissions, I/O error)."""

@@ -1,0 +1,258 @@
+"""The one module that opens image files.
+
+Safety rules, each enforced here and nowhere else:
+
+* A path is ``stat``-ed before it is opened; anything but a regular file or
+  a block device (a FIFO, socket, character device, directory) is refused
+  with :class:`NotRegularFileError` and never opened.  Opening a FIFO blocks,
+  and opening some devices has side effects.
+* The open itself uses ``O_NONBLOCK | O_NOCTTY``, and the opened file is
+  checked to be the very file that was ``stat``-ed, so a file swapped for a
+  FIFO between the two calls cannot hang us either.
+* Reads are bounded: the first :data:`INITIAL_READ` bytes, then only the
+  ranges a decoder asks for (:class:`~imgchain.formats.NeedBytes`), at most
+  :data:`READ_CAP` bytes per image in all, whatever the image's size.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from imgchain import formats
+from imgchain.errors import (
+    BackingMissingError,
+    ChainError,
+    FormatError,
+    ImageAccessError,
+    NotRegularFileError,
+    TruncatedError,
+)
+from imgchain.formats import NeedBytes, Window, qcow2
+
+__all__ = [
+    "INITIAL_READ",
+    "READ_AHEAD",
+    "READ_CAP",
+    "FileInfo",
+    "FormatSource",
+    "Image",
+    "read_image",
+    "stat_image",
+]
+
+#: The first read of every image: probing looks at its first 512 bytes; the
+#: rest usually holds the whole header, its extensions and the backing name.
+INITIAL_READ = 4096
+#: When a decoder needs bytes beyond what was read, at least this much is read.
+READ_AHEAD = 64 * 1024
+#: The most any one image may cost in reads, header and tables together.
+READ_CAP = 16 * 1024 * 1024
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+T = TypeVar("T")
+
+
+class FormatSource(str, enum.Enum):
+    """Where a layer's format came from."""
+
+    GIVEN = "given"  #: the user named it (``-f``)
+    RECORDED = "recorded"  #: the overlay recorded it (qcow2 backing format, QED no-probe bit)
+    PROBED = "probed"  #: nobody did: it was probed from the content
+
+    @property
+    def probed(self) -> bool:
+        return self is FormatSource.PROBED
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What ``stat`` says of an image file."""
+
+    path: str
+    kind: str  #: "file" or "block"
+    size: int  #: bytes (for a block device, its length)
+    allocated: int  #: bytes allocated on disk (``st_blocks * 512``)
+    dev: int
+    ino: int
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One image file, read and decoded."""
+
+    path: str
+    file: FileInfo
+    format: str
+    format_source: FormatSource
+    #: The format the content probes as, whatever the format used was.
+    probed_format: str
+    decoded: formats.DecodedImage
+    snapshots: tuple[qcow2.Snapshot, ...] = ()
+    bitmaps: tuple[qcow2.Bitmap, ...] = ()
+    bytes_read: int = field(default=0, compare=False)
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISBLK(mode):
+        return "block"
+    return None
+
+
+_KIND_NAMES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _describe(mode: int) -> str:
+    for test, name in _KIND_NAMES:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _os_error(path: str, exc: OSError) -> ChainError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOENT:
+        return BackingMissingError(path, reason)
+    if exc.errno == errno.ELOOP:
+        return ImageAccessError(path, "too many levels of symbolic links")
+    return ImageAccessError(path, reason)
+
+
+def stat_image(path: str) -> FileInfo:
+    """``stat`` a would-be image (following symlinks) without opening it.
+
+    Raises BackingMissingError, ImageAccessError, or NotRegularFileError for
+    anything but a regular file or a block device."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    kind = _kind(st.st_mode)
+    if kind is None:
+        raise NotRegularFileError(path, f"{_describe(st.st_mode)}, not an image; not opened")
+    return FileInfo(path, kind, st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
+
+
+class _Reader:
+    """Bounded reads from one open image."""
+
+    __slots__ = ("fd", "path", "total")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.total = 0
+
+    def pread(self, length: int, offset: int) -> bytes:
+        if self.total + length > READ_CAP:
+            raise ImageAccessError(
+                self.path, f"reading {length} bytes at {offset} would pass the read cap of {READ_CAP} bytes per image"
+            )
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise _os_error(self.path, exc) from None
+        self.total += len(data)
+        return data
+
+    def fill(self, decode: Callable[[Window], T], win: Window, fmt: str) -> T:
+        """Call ``decode`` until it stops asking for bytes."""
+        while True:
+            try:
+                return decode(win)
+            except NeedBytes as need:
+                length = min(max(need.length, READ_AHEAD), win.size - need.offset)
+                data = self.pread(length, need.offset)
+                if len(data) < need.length:  # the file shrank under us
+                    raise TruncatedError(fmt, f"short read at {need.offset}", offset=need.offset) from None
+                win.add(need.offset, data)
+
+
+def read_image(
+    path: str,
+    fmt: str | None = None,
+    *,
+    source: FormatSource | None = None,
+    tables: bool = True,
+    info: FileInfo | None = None,
+) -> Image:
+    """Open, probe and decode one image.
+
+    ``fmt`` is the format to decode it as (None: probe it); ``source`` says
+    where ``fmt`` came from (default GIVEN when ``fmt`` is set).  With
+    ``tables``, a qcow2's snapshot table and bitmap directory are read too
+    (``imgchain info`` shows them; the audit does not need them).  ``info``
+    is the result of an earlier :func:`stat_image` of the same path.
+
+    Raises FormatError (a malformed or refused header) or ChainError (the
+    file is missing, unreadable, or not a regular file or block device).
+    """
+    if info is None:
+        info = stat_image(path)
+    try:
+        module = formats.by_name(fmt) if fmt is not None else None
+    except FormatError as exc:
+        exc.path = path
+        raise
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != info.identity or _kind(st.st_mode) != info.kind:
+            raise ImageAccessError(path, "the file changed while it was being opened")
+        size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
+        reader = _Reader(fd, path)
+        first = reader.pread(min(INITIAL_READ, size), 0)
+        if size and not first:
+            raise ImageAccessError(path, "cannot read the first bytes")
+        probed = formats.probe(first, path) if size else formats.raw
+        if module is None:
+            module, source = probed, FormatSource.PROBED
+        elif source is None:
+            source = FormatSource.GIVEN
+        win = Window(first, size)
+        decoded = reader.fill(module.decode, win, module.NAME)
+        snapshots: tuple[qcow2.Snapshot, ...] = ()
+        bitmaps: tuple[qcow2.Bitmap, ...] = ()
+        if tables and isinstance(decoded, qcow2.Qcow2Image):
+            snapshots = reader.fill(lambda w: qcow2.decode_snapshot_table(w, decoded), win, module.NAME)
+            bitmaps = reader.fill(lambda w: qcow2.decode_bitmap_directory(w, decoded), win, module.NAME)
+    except FormatError as exc:
+        exc.path = path
+        raise
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    finally:
+        os.close(fd)
+    if info.kind == "block":
+        info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
+    return Image(
+        path=path,
+        file=info,
+        format=module.NAME,
+        format_source=source,
+        probed_format=probed.NAME,
+        decoded=decoded,
+        snapshots=snapshots,
+        bitmaps=bitmaps,
+        bytes_read=reader.total,
+    )
