@@ -59,6 +59,12 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY
 T = TypeVar("T")
 
 
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    """One positioned read: one system call, no shared file offset.
+    (Tests on a fake file system, which has no pread, replace it.)"""
+    return os.pread(fd, length, offset)
+
+
 class FormatSource(str, enum.Enum):
     """Where a layer's format came from."""
 
@@ -166,7 +172,7 @@ class _Reader:
                 self.path, f"reading {length} bytes at {offset} would pass the read cap of {READ_CAP} bytes per image"
             )
         try:
-            data = os.pread(self.fd, length, offset)
+            data = _pread(self.fd, length, offset)
         except OSError as exc:
             raise _os_error(self.path, exc) from None
         self.total += len(data)

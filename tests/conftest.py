@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import imgchain.probe
+
+
+def _seek_read(fd: int, length: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)
+
+
+@pytest.fixture
+def fakefs(fs, monkeypatch):
+    """pyfakefs's ``fs``, with positioned reads done as seek + read (the fake
+    file system has no ``os.pread``)."""
+    monkeypatch.setattr(imgchain.probe, "_pread", _seek_read)
+    return fs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """CI sets IMGCHAIN_REQUIRE_QEMU=1: there, a missing qemu-img must fail
+    the run rather than quietly skip the differential tests."""
+    import shutil
+
+    if os.environ.get("IMGCHAIN_REQUIRE_QEMU") == "1" and shutil.which("qemu-img") is None:
+        raise pytest.UsageError("IMGCHAIN_REQUIRE_QEMU=1 but qemu-img is not on PATH")

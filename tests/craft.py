@@ -1,0 +1,121 @@
+"""Build qcow2 and QED images byte by byte, for tests that need exact
+control of every field (qemu-made images are in fixtures/)."""
+
+from __future__ import annotations
+
+import struct
+
+QCOW2_FIELDS = {
+    "magic": (0, ">I"),
+    "version": (4, ">I"),
+    "backing_file_offset": (8, ">Q"),
+    "backing_file_size": (16, ">I"),
+    "cluster_bits": (20, ">I"),
+    "size": (24, ">Q"),
+    "crypt_method": (32, ">I"),
+    "l1_size": (36, ">I"),
+    "l1_table_offset": (40, ">Q"),
+    "refcount_table_offset": (48, ">Q"),
+    "refcount_table_clusters": (56, ">I"),
+    "nb_snapshots": (60, ">I"),
+    "snapshots_offset": (64, ">Q"),
+    "incompatible_features": (72, ">Q"),
+    "compatible_features": (80, ">Q"),
+    "autoclear_features": (88, ">Q"),
+    "refcount_order": (96, ">I"),
+    "header_length": (100, ">I"),
+    "compression_type": (104, ">B"),
+}
+
+QED_FIELDS = {
+    "magic": (0, "<I"),
+    "cluster_size": (4, "<I"),
+    "table_size": (8, "<I"),
+    "header_size": (12, "<I"),
+    "features": (16, "<Q"),
+    "compat_features": (24, "<Q"),
+    "autoclear_features": (32, "<Q"),
+    "l1_table_offset": (40, "<Q"),
+    "image_size": (48, "<Q"),
+    "backing_filename_offset": (56, "<I"),
+    "backing_filename_size": (60, "<I"),
+}
+
+
+def ext(magic: int, data: bytes) -> bytes:
+    """One qcow2 header extension, padded to 8 bytes."""
+    return struct.pack(">II", magic, len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def patch(data: bytes, fields: dict[str, tuple[int, str]], **values: int) -> bytes:
+    out = bytearray(data)
+    for name, value in values.items():
+        offset, fmt = fields[name]
+        struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def qcow2(
+    *,
+    version: int = 3,
+    cluster_bits: int = 9,
+    size: int = 1 << 20,
+    backing: bytes | None = None,
+    extensions: list[bytes] | None = None,
+    file_size: int | None = None,
+    **fields: int,
+) -> bytes:
+    """A small valid qcow2 image (tables left empty), then ``fields`` patched."""
+    cluster = 1 << cluster_bits
+    header_length = 104 if version == 3 else 72
+    l2_bits = cluster_bits - 3
+    l1_size = min(max(1, -(-size // (1 << (cluster_bits + l2_bits)))), 1 << 20)
+    exts = b"".join(extensions or []) + b"\0" * 8
+    head = bytearray(cluster)
+    base = {
+        "magic": 0x514649FB,
+        "version": version,
+        "cluster_bits": cluster_bits,
+        "size": size,
+        "l1_size": l1_size,
+        "l1_table_offset": 2 * cluster,
+        "refcount_table_offset": cluster,
+        "refcount_table_clusters": 1,
+    }
+    if version == 3:
+        base.update(refcount_order=4, header_length=header_length)
+    head[header_length : header_length + len(exts)] = exts
+    if backing is not None:
+        at = header_length + len(exts)
+        head[at : at + len(backing)] = backing
+        base.update(backing_file_offset=at, backing_file_size=len(backing))
+    data = patch(bytes(head), QCOW2_FIELDS, **base)
+    total = file_size if file_size is not None else 3 * cluster + l1_size * 8
+    data = (data + b"\0" * max(0, total - len(data)))[:total]
+    return patch(data, QCOW2_FIELDS, **fields)
+
+
+def qed(
+    *,
+    cluster_size: int = 4096,
+    table_size: int = 2,
+    image_size: int = 1 << 20,
+    backing: bytes | None = None,
+    no_probe: bool = False,
+    **fields: int,
+) -> bytes:
+    """A small valid QED image (tables left empty), then ``fields`` patched."""
+    base = {
+        "magic": 0x00444551,
+        "cluster_size": cluster_size,
+        "table_size": table_size,
+        "header_size": 1,
+        "l1_table_offset": cluster_size,
+        "image_size": image_size,
+    }
+    head = bytearray(cluster_size * (1 + table_size))
+    if backing is not None:
+        head[64 : 64 + len(backing)] = backing
+        base.update(features=1 | (4 if no_probe else 0), backing_filename_offset=64, backing_filename_size=len(backing))
+    data = patch(bytes(head), QED_FIELDS, **base)
+    return patch(data, QED_FIELDS, **fields)
