@@ -197,7 +197,12 @@ def _snapshot_row(s: JSON | None) -> str:
     secs = s["vm-clock-sec"]
     clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{s['vm-clock-nsec'] // 1_000_000:03d}"
     icount = str(s["icount"]) if "icount" in s else ""
-    return f"{s['id']:<9} {s['name']:<16} {size_to_str(s['vm-state-size']):>8}{date:>20}{clock:>13}{icount:>11}"
+    return f"{_pad(s['id'], 9)} {_pad(s['name'], 16)} {size_to_str(s['vm-state-size']):>8}{date:>20}{clock:>13}{icount:>11}"
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-justify as C's ``%-Ns`` does: counting bytes, not characters."""
+    return text + " " * max(0, width - len(text.encode("utf-8", "surrogateescape")))
 
 
 def human_one(info: JSON) -> str:
@@ -208,10 +213,10 @@ def human_one(info: JSON) -> str:
         f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
         f"disk size: {size_to_str(info['actual-size'])}",
     ]
-    if "cluster-size" in info:
-        lines.append(f"cluster_size: {info['cluster-size']}")
     if info.get("encrypted"):
         lines.append("encrypted: yes")
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
     if info.get("dirty-flag"):
         lines.append("cleanly shut down: no")
     if "backing-filename" in info:
