@@ -197,7 +197,8 @@ def _snapshot_row(s: JSON | None) -> str:
     secs = s["vm-clock-sec"]
     clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{s['vm-clock-nsec'] // 1_000_000:03d}"
     icount = str(s["icount"]) if "icount" in s else ""
-    return f"{_pad(s['id'], 9)} {_pad(s['name'], 16)} {size_to_str(s['vm-state-size']):>8}{date:>20}{clock:>13}{icount:>11}"
+    size = size_to_str(s["vm-state-size"])
+    return f"{_pad(s['id'], 9)} {_pad(s['name'], 16)} {size:>8}{date:>20}{clock:>13}{icount:>11}"
 
 
 def _pad(text: str, width: int) -> str:
