@@ -33,7 +33,7 @@ from imgchain.errors import (
     NotRegularFileError,
     TruncatedError,
 )
-from imgchain.formats import NeedBytes, Window, qcow2
+from imgchain.formats import NeedBytes, Window, luks, qcow2
 
 __all__ = [
     "INITIAL_READ",
@@ -106,6 +106,8 @@ class Image:
     decoded: formats.DecodedImage
     snapshots: tuple[qcow2.Snapshot, ...] = ()
     bitmaps: tuple[qcow2.Bitmap, ...] = ()
+    #: The LUKS header a LUKS-encrypted qcow2 points at (checked as qemu does).
+    luks: luks.LuksHeader | None = None
     bytes_read: int = field(default=0, compare=False)
 
 
@@ -239,6 +241,10 @@ def read_image(
         decoded = reader.fill(module.decode, win, module.NAME)
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
+        luks_header = None
+        fde = getattr(decoded, "full_disk_encryption", None)
+        if fde is not None:
+            luks_header = reader.fill(lambda w: luks.decode(w, fde.offset), win, luks.NAME)
         if tables and isinstance(decoded, qcow2.Qcow2Image):
             snapshots = reader.fill(lambda w: qcow2.decode_snapshot_table(w, decoded), win, module.NAME)
             bitmaps = reader.fill(lambda w: qcow2.decode_bitmap_directory(w, decoded), win, module.NAME)
@@ -260,5 +266,6 @@ def read_image(
         decoded=decoded,
         snapshots=snapshots,
         bitmaps=bitmaps,
+        luks=luks_header,
         bytes_read=reader.total,
     )

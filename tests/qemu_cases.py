@@ -273,9 +273,6 @@ class Case:
     patches: tuple[Patch, ...] = ()
     #: Folders to make before the commands run.
     dirs: tuple[str, ...] = ()
-    #: Set when imgchain is known not to decode something yet; the tests
-    #: xfail a mismatch confined to that part.
-    known_gap: str | None = None
 
     def __str__(self) -> str:
         return self.id
@@ -322,9 +319,8 @@ def _single(
     top: str,
     patches: tuple[Patch, ...] = (),
     dirs: tuple[str, ...] = (),
-    known_gap: str | None = None,
 ) -> Case:
-    return Case(id_, commands, top, patches, dirs, known_gap)
+    return Case(id_, commands, top, patches, dirs)
 
 
 def _no_backing_format(*files: str) -> tuple[Patch, ...]:
@@ -439,7 +435,6 @@ _QCOW2 = [
             extra=("--object", "secret,id=sec0,data=abc"),
         ),
         top="a.qcow2",
-        known_gap="luks encrypt details",
     ),
 ]
 

@@ -11,7 +11,6 @@ import pytest
 from conftest import _seek_read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imgchain.formats import qcow2
 from pyfakefs.fake_filesystem_unittest import Patcher
 
 import imgchain.probe
@@ -25,6 +24,7 @@ from imgchain import (
     NotRegularFileError,
     resolve_chain,
 )
+from imgchain.formats import qcow2
 
 
 def qcow2_over(name: str, fmt: str | None = None) -> bytes:

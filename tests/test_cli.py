@@ -9,9 +9,9 @@ import sys
 
 import craft
 import pytest
-from imgchain.formats import qcow2
 
 from imgchain.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from imgchain.formats import qcow2
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -11,10 +11,10 @@ import craft
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imgchain.formats import Window, qcow2
 
 from imgchain import formats
 from imgchain.errors import FormatError
+from imgchain.formats import Window, qcow2
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 

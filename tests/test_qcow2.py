@@ -6,9 +6,9 @@ import struct
 
 import craft
 import pytest
-from imgchain.formats import qcow2
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
+from imgchain.formats import qcow2
 
 FT = qcow2.EXT_FEATURE_TABLE
 

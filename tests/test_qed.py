@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import craft
 import pytest
-from imgchain.formats import qed
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
+from imgchain.formats import qed
 
 
 def test_fields_and_backing():

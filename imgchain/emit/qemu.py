@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from imgchain.chain import Layer
-from imgchain.formats import qcow2
+from imgchain.formats import luks, qcow2
 
 __all__ = ["dumps", "human", "human_one", "image_info", "size_to_str"]
 
@@ -45,7 +45,7 @@ def image_info(layer: Layer) -> JSON:
     if image.snapshots:
         info["snapshots"] = [_snapshot(s) for s in image.snapshots]
     if isinstance(d, qcow2.Qcow2Image):
-        info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(d, image.bitmaps)}
+        info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(d, image.bitmaps, image.luks)}
     return info
 
 
@@ -64,7 +64,9 @@ def _snapshot(s: qcow2.Snapshot) -> JSON:
     return out
 
 
-def _qcow2_specific(d: qcow2.Qcow2Image, bitmaps: tuple[qcow2.Bitmap, ...]) -> JSON:
+def _qcow2_specific(
+    d: qcow2.Qcow2Image, bitmaps: tuple[qcow2.Bitmap, ...], luks_header: luks.LuksHeader | None
+) -> JSON:
     out: JSON = {"compat": d.compat}
     if d.version >= 3:
         out["lazy-refcounts"] = d.lazy_refcounts
@@ -73,6 +75,8 @@ def _qcow2_specific(d: qcow2.Qcow2Image, bitmaps: tuple[qcow2.Bitmap, ...]) -> J
     out["refcount-bits"] = d.refcount_bits
     if d.encryption_format == "aes":
         out["encrypt"] = {"format": "aes"}
+    elif luks_header is not None:
+        out["encrypt"] = {"format": "luks", **_luks(luks_header)}
     if bitmaps:
         out["bitmaps"] = [{"flags": list(b.flag_names), "name": b.name, "granularity": b.granularity} for b in bitmaps]
     if d.data_file is not None:
@@ -80,6 +84,23 @@ def _qcow2_specific(d: qcow2.Qcow2Image, bitmaps: tuple[qcow2.Bitmap, ...]) -> J
     if d.has_data_file:
         out["data-file-raw"] = d.data_file_raw
     out["compression-type"] = d.compression_type
+    return out
+
+
+def _luks(h: luks.LuksHeader) -> JSON:
+    out: JSON = {"cipher-alg": h.cipher_alg, "cipher-mode": h.cipher_mode, "ivgen-alg": h.ivgen_alg}
+    if h.ivgen_hash_alg is not None:
+        out["ivgen-hash-alg"] = h.ivgen_hash_alg
+    out["hash-alg"] = h.hash_alg
+    out["payload-offset"] = h.payload_offset
+    out["master-key-iters"] = h.master_key_iters
+    out["uuid"] = h.uuid
+    out["slots"] = [
+        {"active": True, "iters": s.iterations, "stripes": s.stripes, "key-offset": s.key_offset}
+        if s.active
+        else {"active": False, "key-offset": s.key_offset}
+        for s in h.slots
+    ]
     return out
 
 
