@@ -121,8 +121,10 @@ def decode(data: bytes | Window, offset: int = 0) -> LuksHeader:
     if h.mk_digest_iter == 0:
         raise _bad("master key iteration count is zero", "mk_digest_iter", offset + 164, 0)
 
+    key_bytes: int = h.key_bytes
+
     def key_sectors(stripes: int) -> int:
-        sectors = -(-(h.key_bytes * stripes) // SECTOR_SIZE)
+        sectors = -(-(key_bytes * stripes) // SECTOR_SIZE)
         return -(-sectors // header_sectors) * header_sectors
 
     slots = []
