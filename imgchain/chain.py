@@ -7,7 +7,9 @@ none is recorded.  The walk stops at:
 
 * a layer with no backing file (the normal end);
 * a backing name with a protocol (``nbd:``, ``http://``, ``json:`` ...): it
-  is reported as :class:`RemoteBacking` and never opened;
+  is reported as :class:`RemoteBacking` and never opened.  A ``json:`` name
+  for a local file (driver ``file`` or ``host_device``) and a ``file:`` name
+  are local paths, and the walk goes on through them;
 * a problem: a loop (found by device and inode, so ``./x``, ``x`` and a
   symlink to ``x`` are one file), a missing file, a file that is not a
   regular file or block device (never opened), a malformed header, or more
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgchain.backing_name import LocalPath, parse_backing_name
 from imgchain.errors import BackingLoopError, ChainError, ChainTooDeepError, ImgChainError
 from imgchain.names import combine, protocol_of, strip_file_protocol
 from imgchain.probe import FormatSource, Image, read_image, stat_image
@@ -126,7 +129,16 @@ def resolve_chain(
             source = FormatSource.RECORDED if fmt is not None else None
             protocol = protocol_of(full)
             if protocol is not None:
-                return Chain(tuple(layers), remote=RemoteBacking(full, protocol, fmt))
+                # A json: name may name a local file (driver file or
+                # host_device), and file: always does: those are walked like
+                # any path (qemu opens them relative to its working folder).
+                parsed = parse_backing_name(full)
+                if not isinstance(parsed.source, LocalPath):
+                    return Chain(tuple(layers), remote=RemoteBacking(full, protocol, fmt))
+                if fmt is None and parsed.format is not None:
+                    fmt, source = parsed.format, FormatSource.RECORDED
+                overlay, filename = filename, parsed.source.path
+                continue
             overlay, filename = filename, full
     except ImgChainError as exc:
         if exc.path is None:

@@ -23,6 +23,22 @@ from imgchain.errors import ImgChainError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FORMATS = ("qcow2", "qed", "raw")
+#: The most of a domain XML file that --verify reads.
+_MAX_XML = 16 * 1024 * 1024
+
+
+class _UsageError(Exception):
+    """A usage error found after argparse: exit status 2."""
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+class _FileError(ImgChainError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--output", choices=("human", "json"), default="human", help="output format (default human)")
     info.add_argument("image", metavar="IMAGE")
     info.set_defaults(run=_run_info)
+
+    xml = sub.add_parser(
+        "xml",
+        help="libvirt-style XML for a disk and its backing chain, or check a domain's XML against the disks",
+        description="Print one <disk> element for IMAGE and its resolved backing chain, or with --verify, "
+        "check each <disk> of a domain XML against the images on disk (exit 1 on any difference).",
+    )
+    xml.add_argument("-f", "--format", choices=FORMATS, help="the top image's format (default: probe it)")
+    xml.add_argument(
+        "--layout",
+        choices=("nested", "flat", "backingstore"),
+        default="nested",
+        help="nested <backingFile> (the RFC's first layout, default), flat <backing> (its second), "
+        "or libvirt's <backingStore>",
+    )
+    xml.add_argument("--mirror", metavar="IMAGE", help="a mirror of the disk, with its own chain")
+    xml.add_argument("--mirror-format", choices=FORMATS, help="the mirror's format (default: probe it)")
+    xml.add_argument("--target", default="vda", metavar="DEV", help="target device (default vda)")
+    xml.add_argument("--bus", default="virtio", help="target bus (default virtio)")
+    xml.add_argument("--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have")
+    xml.add_argument("--verify", metavar="DOMAIN.xml", help="check a domain's (or a <disk>'s) XML against the disks")
+    xml.add_argument("image", metavar="IMAGE", nargs="?")
+    xml.set_defaults(run=_run_xml)
     return parser
 
 
@@ -94,6 +133,67 @@ def _run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_xml(args: argparse.Namespace) -> int:
+    from imgchain.chain import MAX_DEPTH, resolve_chain
+    from imgchain.disk import Disk, describe_chain
+    from imgchain.emit.xml import to_xml
+
+    depth = args.max_depth or MAX_DEPTH
+    if args.verify is not None:
+        if args.image is not None or args.mirror is not None:
+            raise _usage("--verify takes a domain XML file, not IMAGE or --mirror")
+        return _verify(args.verify, depth)
+    if args.image is None:
+        raise _usage("give IMAGE, or --verify DOMAIN.xml")
+    if args.mirror_format is not None and args.mirror is None:
+        raise _usage("--mirror-format goes with --mirror")
+    chain = describe_chain(resolve_chain(args.image, args.format, max_depth=depth, tables=False))
+    mirror = None
+    if args.mirror is not None:
+        mirror = describe_chain(resolve_chain(args.mirror, args.mirror_format, max_depth=depth, tables=False))
+    disk = Disk(chain=chain, mirror=mirror, target=args.target, bus=args.bus)
+    _write(to_xml(disk, args.layout))
+    return EXIT_OK
+
+
+def _verify(path: str, max_depth: int) -> int:
+    from imgchain.verify import verify_disk
+    from imgchain.xmlread import XmlError, read_disks
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(_MAX_XML)
+    except OSError as exc:
+        raise _FileError(path, exc.strerror or str(exc)) from None
+    try:
+        disks = read_disks(text)
+    except XmlError as exc:
+        exc.path = path
+        raise
+    if not disks:
+        raise _FileError(path, "no <disk> with a source in it")
+    differences = 0
+    lines = []
+    for element, disk in disks:
+        target = element.find("target")
+        name = (target.get("dev") if target is not None else None) or "?"
+        if disk is None:
+            lines.append(f"{path}: disk {name}: no local source to check")
+            continue
+        try:
+            found = verify_disk(disk, max_depth=max_depth)
+        except XmlError as exc:
+            exc.path = path
+            raise
+        differences += len(found)
+        for d in found:
+            lines.append(f"{path}: disk {name}: {d.chain} layer {d.layer}: {d.kind}: {d.message}")
+        if not found:
+            lines.append(f"{path}: disk {name}: matches the disk ({len(disk.chain.layers)} layers declared)")
+    _write(_printable("\n".join(lines) + "\n"))
+    return EXIT_FAIL if differences else EXIT_OK
+
+
 def _printable(text: str) -> str:
     """Escape control characters (a backing name may hold any byte) so that
     no header can drive the terminal; newlines between lines stay."""
@@ -109,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
+    except _UsageError as exc:
+        print(f"imgchain: usage: {exc} (see 'imgchain {args.command} --help')", file=sys.stderr)
+        return EXIT_USAGE
     except ImgChainError as exc:
         print(f"imgchain: {exc.describe()}", file=sys.stderr)
         return EXIT_FAIL

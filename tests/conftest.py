@@ -21,9 +21,12 @@ def fakefs(fs, monkeypatch):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """CI sets IMGCHAIN_REQUIRE_QEMU=1: there, a missing qemu-img must fail
-    the run rather than quietly skip the differential tests."""
+    """CI sets IMGCHAIN_REQUIRE_TOOLS=1: there, a missing qemu-img or
+    virt-xml-validate must fail the run rather than quietly skip the tests
+    that compare with qemu-img and validate against libvirt's schema."""
     import shutil
 
-    if os.environ.get("IMGCHAIN_REQUIRE_QEMU") == "1" and shutil.which("qemu-img") is None:
-        raise pytest.UsageError("IMGCHAIN_REQUIRE_QEMU=1 but qemu-img is not on PATH")
+    if os.environ.get("IMGCHAIN_REQUIRE_TOOLS") == "1":
+        missing = [t for t in ("qemu-img", "virt-xml-validate", "xmllint") if shutil.which(t) is None]
+        if missing:
+            raise pytest.UsageError(f"IMGCHAIN_REQUIRE_TOOLS=1 but not on PATH: {', '.join(missing)}")
