@@ -16,7 +16,7 @@ from . import qcow2, qed, raw
 from ._base import DecodedImage, NeedBytes, Window
 from .foreign import sniff_foreign
 
-__all__ = ["PROBE_SIZE", "REGISTRY", "DecodedImage", "NeedBytes", "Window", "by_name", "names", "probe"]
+__all__ = ["PROBE_SIZE", "REGISTRY", "DecodedImage", "NeedBytes", "Window", "by_name", "names", "probe", "probe_name"]
 
 #: Bytes read to probe a format, as the issue and qemu's probes need.
 PROBE_SIZE = 512
@@ -41,19 +41,27 @@ def by_name(name: str) -> ModuleType:
         ) from None
 
 
-def probe(buf: bytes, filename: str | None = None) -> ModuleType:
-    """The format of a file whose first bytes are ``buf``, as qemu probes it.
-
-    An empty file is raw.  A file carrying the signature of a format qemu
-    knows but imgchain does not decode is refused rather than called raw.
-    """
+def probe_name(buf: bytes, filename: str | None = None) -> str:
+    """The name of the format qemu would probe a file whose first bytes are
+    ``buf`` as: one of ours, or another format qemu knows (``vmdk`` ...).
+    An empty file is raw."""
     head = buf[:PROBE_SIZE]
     for module in REGISTRY[:-1]:
         if module.sniff(head):
-            return module
-    other = sniff_foreign(head, filename)
-    if other is not None:
+            return str(module.NAME)
+    return sniff_foreign(head, filename) or str(raw.NAME)
+
+
+def probe(buf: bytes, filename: str | None = None) -> ModuleType:
+    """The decoder for a file whose first bytes are ``buf``, as qemu probes it.
+
+    A file carrying the signature of a format qemu knows but imgchain does
+    not decode is refused rather than called raw.
+    """
+    name = probe_name(buf, filename)
+    module = _BY_NAME.get(name)
+    if module is None:
         raise UnsupportedFeatureError(
-            other, f"the file holds a {other} header; imgchain decodes only {', '.join(_BY_NAME)}"
+            name, f"the file holds a {name} header; imgchain decodes only {', '.join(_BY_NAME)}"
         )
-    return raw
+    return module

@@ -88,6 +88,7 @@ def resolve_chain(
     tables: bool = True,
     follow: bool = True,
     read: Callable[..., Image] = read_image,
+    guard: Callable[[str], None] | None = None,
 ) -> Chain:
     """Walk the chain whose top image is ``path``.
 
@@ -95,7 +96,10 @@ def resolve_chain(
     layers the chain may hold, the top included.  ``tables`` is passed on to
     :func:`imgchain.probe.read_image`.  Without ``follow`` only the top
     is read (its backing name is reported, not opened), as ``qemu-img info``
-    does without ``--backing-chain``.
+    does without ``--backing-chain``.  ``read`` reads one layer (the audit
+    passes a caching reader).  ``guard``, when given, is called with each
+    layer's name before the layer is looked at, and may raise a ChainError
+    (such as OutsideRootError) to stop the walk there.
     """
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1")
@@ -111,6 +115,8 @@ def resolve_chain(
         while True:
             if len(layers) >= max_depth:
                 raise ChainTooDeepError(filename, f"the chain has more than {max_depth} layers (--max-depth)")
+            if guard is not None:
+                guard(filename)
             info = stat_image(filename)
             first = seen.get(info.identity)
             if first is not None:

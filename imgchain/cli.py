@@ -14,6 +14,7 @@ Every error is one line on stderr, ``imgchain: <file>: <reason>``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -99,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     xml.add_argument("--verify", metavar="DOMAIN.xml", help="check a domain's (or a <disk>'s) XML against the disks")
     xml.add_argument("image", metavar="IMAGE", nargs="?")
     xml.set_defaults(run=_run_xml)
+
+    aud = sub.add_parser(
+        "audit",
+        help="find hostile or broken images and chains (format-probing attacks, escapes, loops ...)",
+        description="Audit images and directories of images: each image and its backing chain, for the "
+        "format-probing attack, host files named as backing or data files, loops, missing bases and more. "
+        "Exit 0 when no finding reaches --fail-on, 1 when one does, 2 for usage or an unreadable PATH.",
+    )
+    aud.add_argument("-f", "--format", choices=FORMATS, help="declare the format of the named images")
+    aud.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory images, backing files and data files may live in (repeatable); nothing outside is opened",
+    )
+    aud.add_argument("--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have")
+    aud.add_argument(
+        "--fail-on",
+        choices=("info", "warning", "error"),
+        default="warning",
+        help="the least severity that makes the exit status 1 (default warning)",
+    )
+    aud.add_argument("--output", choices=("human", "json"), default="human", help="output format (default human)")
+    aud.add_argument("paths", metavar="PATH", nargs="+")
+    aud.set_defaults(run=_run_audit)
     return parser
 
 
@@ -192,6 +219,25 @@ def _verify(path: str, max_depth: int) -> int:
             lines.append(f"{path}: disk {name}: matches the disk ({len(disk.chain.layers)} layers declared)")
     _write(_printable("\n".join(lines) + "\n"))
     return EXIT_FAIL if differences else EXIT_OK
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from imgchain.audit import PathError, audit
+    from imgchain.chain import MAX_DEPTH
+    from imgchain.emit import audit as out
+    from imgchain.policy import Severity
+
+    for root in args.root:
+        if not os.path.isdir(root):
+            raise _usage(f"--root {root!r} is not a directory")
+    try:
+        report = audit(args.paths, args.format, roots=args.root, max_depth=args.max_depth or MAX_DEPTH)
+    except PathError as exc:
+        print(f"imgchain: {exc.describe()}", file=sys.stderr)
+        return EXIT_USAGE
+    _write(out.to_json(report) + "\n" if args.output == "json" else _printable(out.human(report)))
+    worst = report.worst()
+    return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
 
 
 def _printable(text: str) -> str:

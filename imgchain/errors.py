@@ -13,7 +13,8 @@
        ├─ ChainTooDeepError           more layers than the depth limit
        ├─ NotRegularFileError         a FIFO, socket, character device or
        │                              directory where an image should be
-       └─ ImageAccessError            the OS refused to stat, open or read it
+       ├─ ImageAccessError            the OS refused to stat, open or read it
+       └─ OutsideRootError            a layer outside the allowed directories
 
 Every message is one line.  Untrusted strings (backing names above all) are
 put into messages with ``!r`` so that they cannot drive a terminal.
@@ -30,6 +31,7 @@ __all__ = [
     "ImageAccessError",
     "ImgChainError",
     "NotRegularFileError",
+    "OutsideRootError",
     "TruncatedError",
     "UnsupportedFeatureError",
     "shown",
@@ -88,6 +90,9 @@ class FormatError(ImgChainError, ValueError):
         self.field = field
         self.offset = offset
         self.value = value
+        #: What the file probes as, when the probe knows (a declared format
+        #: that does not fit the content shows here).
+        self.probed_format: str | None = None
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -138,3 +143,8 @@ class NotRegularFileError(ChainError):
 
 class ImageAccessError(ChainError):
     """The OS refused to stat, open or read a file (permissions, I/O error)."""
+
+
+class OutsideRootError(ChainError):
+    """A layer lies outside every directory the caller allowed (``--root``);
+    it is neither stat-ed nor opened."""

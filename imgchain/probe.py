@@ -104,6 +104,9 @@ class Image:
     #: The format the content probes as, whatever the format used was.
     probed_format: str
     decoded: formats.DecodedImage
+    #: When the content probes as another of our formats than the one used:
+    #: what it decodes as in that format (a prober's view), or why it does not.
+    content: formats.DecodedImage | FormatError | None = None
     snapshots: tuple[qcow2.Snapshot, ...] = ()
     bitmaps: tuple[qcow2.Bitmap, ...] = ()
     #: The LUKS header a LUKS-encrypted qcow2 points at (checked as qemu does).
@@ -232,13 +235,24 @@ def read_image(
         first = reader.pread(min(INITIAL_READ, size), 0)
         if size and not first:
             raise ImageAccessError(path, "cannot read the first bytes")
-        probed = formats.probe(first, path) if size else formats.raw
+        probed = formats.probe_name(first, path) if size else formats.raw.NAME
         if module is None:
-            module, source = probed, FormatSource.PROBED
+            module, source = formats.probe(first, path) if size else formats.raw, FormatSource.PROBED
         elif source is None:
             source = FormatSource.GIVEN
         win = Window(first, size)
-        decoded = reader.fill(module.decode, win, module.NAME)
+        try:
+            decoded = reader.fill(module.decode, win, module.NAME)
+        except FormatError as exc:
+            exc.probed_format = probed
+            raise
+        content: formats.DecodedImage | FormatError | None = None
+        if probed != module.NAME and probed in formats.names() and probed != formats.raw.NAME:
+            # What a host that probes would have taken this file for.
+            try:
+                content = reader.fill(formats.by_name(probed).decode, win, probed)
+            except FormatError as exc:
+                content = exc
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
@@ -262,8 +276,9 @@ def read_image(
         file=info,
         format=module.NAME,
         format_source=source,
-        probed_format=probed.NAME,
+        probed_format=probed,
         decoded=decoded,
+        content=content,
         snapshots=snapshots,
         bitmaps=bitmaps,
         luks=luks_header,

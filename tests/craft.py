@@ -119,3 +119,29 @@ def qed(
         base.update(features=1 | (4 if no_probe else 0), backing_filename_offset=64, backing_filename_size=len(backing))
     data = patch(bytes(head), QED_FIELDS, **base)
     return patch(data, QED_FIELDS, **fields)
+
+
+def rebacked(data: bytes, name: bytes | None, fmt: bytes | None = None) -> bytes:
+    """A real qcow2 image (made by qemu-img) with its backing name and
+    recorded format replaced: the extension area is rewritten (holding the
+    backing-format extension and any data file extension) and the name
+    placed right after it, in the first cluster."""
+    import imgchain.formats.qcow2 as q
+
+    image = q.decode(data)
+    h = image.header
+    out = bytearray(data)
+    start = h.header_length
+    end = 1 << h.cluster_bits
+    exts = b""
+    if fmt is not None:
+        exts += ext(q.EXT_BACKING_FORMAT, fmt)
+    if image.data_file is not None:
+        exts += ext(q.EXT_DATA_FILE, image.data_file.encode())
+    exts += b"\0" * 8
+    at = start + len(exts)
+    payload = exts + (name or b"")
+    assert start + len(payload) <= end, "does not fit in the first cluster"
+    out[start:end] = payload + b"\0" * (end - start - len(payload))
+    values = {"backing_file_offset": at if name else 0, "backing_file_size": len(name) if name else 0}
+    return patch(bytes(out), QCOW2_FIELDS, **values)

@@ -1,0 +1,113 @@
+"""The audit report as text for people, JSON, and JSON lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from imgchain.audit import AuditReport, ImageEntry
+from imgchain.errors import shown
+from imgchain.policy import Finding, Severity
+
+__all__ = ["finding_dict", "human", "image_dict", "to_json"]
+
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    return {
+        "code": f.code,
+        "severity": f.severity.label,
+        "image": f.image,
+        "chain": list(f.chain),
+        "message": f.message,
+        **f.details,
+    }
+
+
+def image_dict(e: ImageEntry) -> dict[str, Any]:
+    return {
+        "path": e.path,
+        "named": e.named,
+        "format": e.format,
+        "format_source": e.format_source,
+        "probed_format": e.probed_format,
+        "virtual_size": e.virtual_size,
+        "backing": e.backing,
+        "backing_format": e.backing_format,
+        "dependents": sorted(e.dependents),
+        "worst": e.worst.label if e.worst is not None else None,
+    }
+
+
+def to_json(report: AuditReport) -> str:
+    doc = {"images": [image_dict(e) for e in report.images], "findings": [finding_dict(f) for f in report.findings]}
+    return json.dumps(doc, indent=2, ensure_ascii=True)
+
+
+_BROKEN = {
+    "backing-missing": "its backing file is missing",
+    "backing-loop": "its chain loops",
+    "backing-network": "its backing file is a network source",
+    "backing-outside-root": "its backing file is outside every root",
+    "backing-not-regular": "its backing file is not a regular file",
+    "backing-name-invalid": "its backing name cannot be parsed",
+}
+
+
+def _tree(report: AuditReport) -> Iterator[str]:
+    """The backing graph: every base with its overlays beneath it, and the
+    overlays whose base is missing or elsewhere at the top level, with why."""
+    by_path = {e.path: e for e in report.images}
+    why: dict[str, str] = {}
+    for f in report.findings:
+        if f.code in _BROKEN and f.image in by_path:
+            why.setdefault(f.image, _BROKEN[f.code])
+    overlays = {d for e in report.images for d in e.dependents}
+    roots = [e for e in report.images if e.path not in overlays]
+    seen: set[str] = set()
+
+    def walk(entry: ImageEntry, prefix: str, last: bool, depth: int) -> Iterator[str]:
+        branch = "" if depth == 0 else ("└─ " if last else "├─ ")
+        note = ""
+        if entry.backing is not None and depth == 0:
+            note = f"  ({why.get(entry.path, 'its backing file could not be read')}: {entry.backing!r})"
+        yield f"  {prefix}{branch}{shown(entry.path)}{note}"
+        if entry.path in seen:
+            return
+        seen.add(entry.path)
+        children = sorted(entry.dependents)
+        inner = prefix + ("" if depth == 0 else ("   " if last else "│  "))
+        for i, child in enumerate(children):
+            yield from walk(by_path[child], inner, i == len(children) - 1, depth + 1)
+
+    for root in roots:
+        yield from walk(root, "", True, 0)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def human(report: AuditReport) -> str:
+    lines: list[str] = []
+    by_image: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        by_image.setdefault(f.image, []).append(f)
+    order = sorted(by_image, key=lambda image: (-max(f.severity for f in by_image[image]), image))
+    for image in order:
+        found = by_image[image]
+        lines.append(f"{max(f.severity for f in found).label.upper():8} {shown(image)}")
+        for f in sorted(found, key=lambda f: (-f.severity, f.code)):
+            lines.append(f"  {f.severity.label:8} {f.code}: {f.message}")
+            if len(f.chain) > 1:
+                lines.append(f"  {'':8} chain: {' -> '.join(shown(c) for c in f.chain)}")
+        lines.append("")
+    lines.append(f"Backing graph ({_count(len(report.images), 'image')}):")
+    lines.extend(_tree(report))
+    counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
+    lines.append("")
+    lines.append(
+        f"{_count(len(report.images), 'image')}; {_count(counts[Severity.ERROR], 'error')}, "
+        f"{_count(counts[Severity.WARNING], 'warning')}, {_count(counts[Severity.INFO], 'note')}"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,433 @@
+"""imgchain audit: one test per finding code, on images made by qemu-img
+(fixtures/) or crafted from them; clean chains; the backing graph; exit
+codes; and hostile input that must not hurt the auditor."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import craft
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import imgchain.probe
+from imgchain import formats
+from imgchain.audit import audit
+from imgchain.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from imgchain.errors import FormatError
+from imgchain.policy import CODES, Severity
+
+FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
+README = pathlib.Path(__file__).parent.parent / "README.md"
+
+MID = (FIXTURES / "chain/sub/mid.qcow2").read_bytes()  # qemu-made qcow2, 512-byte clusters
+QED = (FIXTURES / "chain/over-raw.qed").read_bytes()  # qemu-made qed with the no-probe bit
+PLAIN = craft.rebacked(MID, None)  # the same, with no backing file
+
+
+def qcow2_naming(name: str | None, fmt: str | None = "raw") -> bytes:
+    """A qemu-made qcow2 re-pointed at ``name`` (format ``fmt`` recorded)."""
+    return craft.rebacked(MID, None if name is None else name.encode(), None if fmt is None else fmt.encode())
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def put(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def codes(report) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return sorted((f.code, f.image) for f in report.findings)
+
+
+def only(report, code: str):  # type: ignore[no-untyped-def]
+    found = [f for f in report.findings if f.code == code]
+    assert len(found) == 1, report.findings
+    return found[0]
+
+
+# -- clean ------------------------------------------------------------------------------------
+
+
+def test_qemu_made_chains_audit_clean():
+    report = audit([str(FIXTURES / "chain"), str(FIXTURES / "rfc"), str(FIXTURES / "misc" / "v2.qcow2")])
+    # The one exception the rules allow: qed can record no backing format but raw.
+    assert [(f.code, f.severity, pathlib.Path(f.image).name) for f in report.findings] == [
+        ("backing-format-unrecorded", Severity.WARNING, "over-qcow2.qed")
+    ]
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
+def test_every_qemu_made_chain_of_the_differential_cases_audits_clean(tmp_path, monkeypatch):
+    import qemu_cases as qc
+
+    expected = {"backing-format-unrecorded", "image-dirty", "image-corrupt", "external-data-file"}
+    for case in qc.CASES:
+        work = tmp_path / case.id
+        work.mkdir()
+        monkeypatch.chdir(work)
+        top = qc.build_case(case, work)
+        report = audit([top])
+        unexpected = [f for f in report.findings if f.code not in expected]
+        assert unexpected == [], (case.id, unexpected)
+        if not case.patches and "data_file" not in " ".join(map(str, case.commands)):
+            assert [f for f in report.findings if f.code != "backing-format-unrecorded" or ".qed" not in f.image] == []
+
+
+# -- one test per code --------------------------------------------------------------------------
+
+
+def test_raw_disk_holding_a_qcow2_header(store):
+    """OSSA-2024-002 / CVE-2008-2004: the guest wrote a qcow2 header naming a host file."""
+    put(store / "guest.img", qcow2_naming("/etc/hosts"))
+    report = audit(["guest.img"], "raw")
+    f = only(report, "format-probe-mismatch")
+    assert f.severity is Severity.ERROR
+    assert f.details["would_open"] == "/etc/hosts"
+    assert "declared raw by -f, but the content probes as qcow2" in f.message
+    assert "would open backing file '/etc/hosts'" in f.message
+
+
+def test_overlay_records_raw_for_a_qcow2(store):
+    put(store / "base.img", qcow2_naming("/etc/passwd"))
+    put(store / "top.qcow2", qcow2_naming("base.img", "raw"))
+    f = only(audit(["top.qcow2"]), "format-probe-mismatch")
+    assert f.image == "base.img" and f.chain == ("top.qcow2", "base.img")
+    assert "declared raw by 'top.qcow2'" in f.message
+
+
+def test_recorded_qcow2_whose_file_is_raw(store):
+    put(store / "base.raw", b"\0" * 65536)
+    put(store / "top.qcow2", qcow2_naming("base.raw", "qcow2"))
+    f = only(audit(["top.qcow2"]), "format-probe-mismatch")
+    assert "declared qcow2 by 'top.qcow2', but the content probes as raw" in f.message
+
+
+def test_unrecorded_backing_format_warning_and_error(store):
+    put(store / "base.raw", b"\0" * 65536)
+    put(store / "over-raw.qcow2", qcow2_naming("base.raw", None))
+    warning = only(audit(["over-raw.qcow2"]), "backing-format-unrecorded")
+    assert warning.severity is Severity.WARNING
+    put(store / "mid.qcow2", qcow2_naming("base.raw", "raw"))
+    put(store / "over-mid.qcow2", qcow2_naming("mid.qcow2", None))
+    error = only(audit(["over-mid.qcow2"]), "backing-format-unrecorded")
+    assert error.severity is Severity.ERROR
+    assert "libvirt refuses" in error.message
+
+
+def test_qed_on_a_non_raw_base_is_only_a_warning():
+    f = only(audit([str(FIXTURES / "chain/over-qcow2.qed")]), "backing-format-unrecorded")
+    assert f.severity is Severity.WARNING
+    assert "qed overlay can record no format but raw" in f.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/etc/passwd", "../../../../../../../../etc/passwd", "sub/../../outside.raw"],
+    ids=["abs", "dotdot", "mixed"],
+)
+def test_backing_outside_root(store, name, monkeypatch):
+    put(store / "root/top.qcow2", qcow2_naming(name))
+    put(store / "outside.raw", b"\0" * 512)
+    opened = spy_open(monkeypatch)
+    f = only(audit(["root/top.qcow2"], roots=["root"]), "backing-outside-root")
+    assert f.image == "root/top.qcow2"
+    assert all(os.path.realpath(p).startswith(str(store / "root")) for p in opened), opened
+
+
+def test_innocent_name_that_is_a_symlink_to_a_host_file(store, monkeypatch):
+    put(store / "root/top.qcow2", qcow2_naming("base.raw"))
+    os.symlink("/etc/hosts", store / "root/base.raw")
+    opened = spy_open(monkeypatch)
+    report = audit(["root"], roots=["root"])
+    found = {f.image: f.message for f in report.findings if f.code == "backing-outside-root"}
+    assert found == {
+        "root/top.qcow2": "backing file 'root/base.raw' resolves to '/etc/hosts', outside every --root; not opened",
+        "root/base.raw": "the image resolves to '/etc/hosts', outside every --root; not opened",
+    }
+    assert not any(os.path.realpath(p) == "/etc/hosts" for p in opened)
+
+
+def test_external_data_file_and_its_root_check(store):
+    data = (FIXTURES / "misc/data-file.qcow2").read_bytes()
+    put(store / "root/d.qcow2", data)
+    f = only(audit(["root/d.qcow2"]), "external-data-file")
+    assert f.details["data_file"] == "data.raw"
+    evil = craft.patch(craft.rebacked(data, None), craft.QCOW2_FIELDS)  # keeps the data file extension
+    evil = evil.replace(b"data.raw", b"/dev/sda", 1)
+    put(store / "root/evil.qcow2", evil)
+    report = audit(["root/evil.qcow2"], roots=["root"])
+    assert {f.code for f in report.findings} == {"external-data-file", "backing-outside-root"}
+
+
+def test_json_file_path_outside_root(store):
+    name = '{"driver":"raw","file":{"driver":"file","filename":"/etc/hosts"}}'
+    put(store / "root/top.qcow2", qcow2_naming(f"json:{name}", None))
+    f = only(audit(["root/top.qcow2"], roots=["root"]), "backing-outside-root")
+    assert f.details["target"] == "/etc/hosts"
+
+
+def test_backing_network(store):
+    put(store / "top.qcow2", qcow2_naming("nbd://example.org:10809/export"))
+    f = only(audit(["top.qcow2"]), "backing-network")
+    assert f.severity is Severity.WARNING
+    assert f.chain == ("top.qcow2", "nbd://example.org:10809/export")
+
+
+def test_backing_name_invalid(store):
+    put(store / "top.qcow2", qcow2_naming('json:{"driver":'))
+    assert only(audit(["top.qcow2"]), "backing-name-invalid").image == "top.qcow2"
+
+
+def test_fifo_in_the_chain_is_reported_and_the_audit_returns(store):
+    put(store / "top.qcow2", qcow2_naming("pipe"))
+    os.mkfifo(store / "pipe")
+    # In a child process with a time limit: opening the FIFO would block forever.
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgchain", "audit", "--output=json", "top.qcow2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EXIT_FAIL, proc.stderr
+    found = json.loads(proc.stdout)["findings"]
+    assert [(f["code"], f["target"]) for f in found] == [("backing-not-regular", "pipe")]
+
+
+def test_loop_through_a_symlink(store):
+    put(store / "a.qcow2", qcow2_naming("b.qcow2", "qcow2"))
+    put(store / "b.qcow2", qcow2_naming("link", "qcow2"))
+    os.symlink("a.qcow2", store / "link")
+    report = audit(["a.qcow2"])
+    assert only(report, "backing-loop").chain == ("a.qcow2", "b.qcow2", "link")
+
+
+def test_self_loop_spelled_dot_slash(store):
+    put(store / "x.qcow2", qcow2_naming("./x.qcow2", "qcow2"))
+    assert only(audit(["x.qcow2"]), "backing-loop").image == "x.qcow2"
+
+
+def test_backing_missing(store):
+    put(store / "top.qcow2", qcow2_naming("gone.raw"))
+    f = only(audit(["top.qcow2"]), "backing-missing")
+    assert (f.image, f.details["target"]) == ("top.qcow2", "gone.raw")
+
+
+def test_backing_too_deep(store):
+    put(store / "0.raw", b"\0" * 512)
+    put(store / "1.qcow2", qcow2_naming("0.raw", "raw"))
+    put(store / "2.qcow2", qcow2_naming("1.qcow2", "qcow2"))
+    assert only(audit(["2.qcow2"], max_depth=2), "backing-too-deep").image == "2.qcow2"
+    assert audit(["2.qcow2"], max_depth=3).findings == []
+
+
+def test_malformed_header(store):
+    put(store / "bad.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, cluster_bits=30))
+    f = only(audit(["bad.qcow2"]), "malformed-header")
+    assert "cluster_bits 30" in f.message
+
+
+def test_unsupported_feature(store):
+    put(store / "new.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=1 << 20))
+    assert "unknown bit 20" in only(audit(["new.qcow2"]), "unsupported-feature").message
+
+
+def test_image_unreadable(store):
+    os.symlink("loop-b", store / "loop-a")
+    os.symlink("loop-a", store / "loop-b")
+    put(store / "top.qcow2", qcow2_naming("loop-a"))
+    assert "symbolic links" in only(audit(["top.qcow2"]), "image-unreadable").message
+
+
+def test_image_corrupt_and_dirty(store):
+    put(store / "c.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=2))
+    put(store / "d.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=1))
+    put(store / "n.qed", craft.patch(QED, craft.QED_FIELDS, features=2))
+    report = audit(["c.qcow2", "d.qcow2", "n.qed"])
+    assert codes(report) == [("image-corrupt", "c.qcow2"), ("image-dirty", "d.qcow2"), ("image-dirty", "n.qed")]
+    assert only(report, "image-corrupt").severity is Severity.ERROR
+
+
+def test_every_code_is_tested_here_and_documented_in_the_readme():
+    source = pathlib.Path(__file__).read_text()
+    readme = README.read_text()
+    for c in CODES.values():
+        assert f'"{c.code}"' in source, f"no test produces {c.code}"
+        row = f"| `{c.code}` | {c.severity.label} | {c.meaning} | {c.why} | {c.fix} |"
+        assert row in readme, f"the README's row for {c.code} is missing or differs from imgchain.policy.CODES"
+
+
+# -- stores and the backing graph ------------------------------------------------------------
+
+
+def build_store(root: pathlib.Path) -> None:
+    put(root / "bases/base.raw", b"\0" * 65536)
+    put(root / "bases/unused.raw", b"\0" * 512)
+    put(root / "vm1/mid.qcow2", qcow2_naming("../bases/base.raw", "raw"))
+    put(root / "vm1/top.qcow2", qcow2_naming("mid.qcow2", "qcow2"))
+    put(root / "vm2/disk.qcow2", qcow2_naming("../bases/base.raw", "raw"))
+    put(root / "vm3/orphan.qcow2", qcow2_naming("../bases/deleted.raw", "raw"))
+
+
+def test_backing_graph_of_a_store(store, capsys):
+    build_store(store)
+    assert main(["audit", "--output=json", "."]) == EXIT_FAIL
+    doc = json.loads(capsys.readouterr().out)
+    images = {i["path"]: i for i in doc["images"]}
+    assert sorted(images) == [
+        "./bases/base.raw",
+        "./bases/unused.raw",
+        "./vm1/mid.qcow2",
+        "./vm1/top.qcow2",
+        "./vm2/disk.qcow2",
+        "./vm3/orphan.qcow2",
+    ]
+    assert images["./bases/base.raw"]["dependents"] == ["./vm1/mid.qcow2", "./vm2/disk.qcow2"]
+    assert images["./vm1/mid.qcow2"]["dependents"] == ["./vm1/top.qcow2"]
+    assert images["./bases/unused.raw"]["dependents"] == []
+    assert [(f["code"], f["image"]) for f in doc["findings"]] == [("backing-missing", "./vm3/orphan.qcow2")]
+    assert main(["audit", "."]) == EXIT_FAIL
+    text = capsys.readouterr().out
+    assert (
+        "  ./bases/base.raw\n  ├─ ./vm1/mid.qcow2\n  │  └─ ./vm1/top.qcow2\n  └─ ./vm2/disk.qcow2\n"
+        "  ./bases/unused.raw\n"
+        "  ./vm3/orphan.qcow2  (its backing file is missing: './vm3/../bases/deleted.raw')\n"
+    ) in text
+
+
+def test_each_image_and_finding_once(store):
+    build_store(store)
+    put(store / "bases/base.raw", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=1))  # now a dirty qcow2
+    report = audit(["."])
+    dirty = [f for f in report.findings if f.code == "image-dirty"]
+    assert len(dirty) == 1 and dirty[0].chain == ("./bases/base.raw",)
+
+
+def test_exit_codes_and_fail_on(store, capsys):
+    put(store / "d.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=1))  # a warning
+    assert main(["audit", "d.qcow2"]) == EXIT_FAIL
+    assert main(["audit", "--fail-on", "error", "d.qcow2"]) == EXIT_OK
+    assert main(["audit", str(FIXTURES / "chain/base.raw")]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["audit", "nope"]) == EXIT_USAGE
+    assert capsys.readouterr().err == "imgchain: nope: No such file or directory\n"
+    assert main(["audit", "--root", "nope", "d.qcow2"]) == EXIT_USAGE
+    assert capsys.readouterr().err.startswith("imgchain: usage: --root 'nope' is not a directory")
+
+
+def test_audit_needs_a_path(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["audit"])
+    assert e.value.code == EXIT_USAGE
+
+
+def test_directory_of_every_hostile_case(store, capsys):
+    """Every hostile shape in one store: the audit finishes, reports each, exits 1."""
+    hostile = store / "hostile"
+    put(hostile / "guest.raw", qcow2_naming("/etc/shadow"))
+    put(hostile / "etc-hosts.qcow2", qcow2_naming("/etc/hosts"))
+    put(hostile / "data.qcow2", (FIXTURES / "misc/data-file.qcow2").read_bytes())
+    put(hostile / "traversal.qcow2", qcow2_naming("../../../../etc/passwd"))
+    put(hostile / "innocent.qcow2", qcow2_naming("base.raw"))
+    os.symlink("/etc/hosts", hostile / "base.raw")
+    put(hostile / "fifo.qcow2", qcow2_naming("pipe"))
+    os.mkfifo(hostile / "pipe")
+    put(hostile / "loop.qcow2", qcow2_naming("loop.qcow2", "qcow2"))
+    put(hostile / "net.qcow2", qcow2_naming("nbd:evil.example:10809"))
+    put(hostile / "bad.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, version=4))
+    put(hostile / "json.qcow2", qcow2_naming('json:{"file":{"driver":"file","filename":"/etc/shadow"}}', None))
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgchain", "audit", "--output=json", "--root", "hostile", "-f", "raw", "hostile"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == EXIT_FAIL, proc.stderr
+    found = {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
+    assert {
+        ("format-probe-mismatch", "guest.raw"),
+        ("format-probe-mismatch", "etc-hosts.qcow2"),
+        ("format-probe-mismatch", "data.qcow2"),
+    } <= found
+    # Declared raw, none of them is followed; read as what they are, every shape shows:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgchain", "audit", "--output=json", "--root", "hostile", "hostile"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == EXIT_FAIL, proc.stderr
+    found = {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
+    assert {
+        ("backing-outside-root", "guest.raw"),
+        ("backing-outside-root", "etc-hosts.qcow2"),
+        ("external-data-file", "data.qcow2"),
+        ("backing-outside-root", "traversal.qcow2"),
+        ("backing-outside-root", "innocent.qcow2"),
+        ("backing-outside-root", "base.raw"),
+        ("backing-not-regular", "fifo.qcow2"),
+        ("backing-loop", "loop.qcow2"),
+        ("backing-network", "net.qcow2"),
+        ("unsupported-feature", "bad.qcow2"),
+        ("backing-outside-root", "json.qcow2"),
+    } <= found
+
+
+# -- hostile input cannot hurt the auditor --------------------------------------------------------
+
+
+def spy_open(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    opened: list[str] = []
+    real = os.open
+
+    def spy(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imgchain.probe.os, "open", spy)
+    return opened
+
+
+SAMPLES = [MID, QED, (FIXTURES / "chain/top.qcow2").read_bytes(), (FIXTURES / "misc/features.qcow2").read_bytes()]
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    sample=st.sampled_from(SAMPLES),
+    edits=st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), min_size=1, max_size=8),
+)
+def test_mutated_headers_never_crash_or_escape(tmp_path_factory, monkeypatch, sample, edits):
+    work = tmp_path_factory.mktemp("mut")
+    data = bytearray(sample)
+    for pos, value in edits:
+        data[pos] = value
+    put(work / "img", bytes(data))
+    put(work / "base.raw", b"\0" * 512)
+    opened = spy_open(monkeypatch)
+    report = audit([str(work)], roots=[str(work)])
+    assert all(os.path.realpath(p).startswith(str(work)) for p in opened), opened
+    # If the header breaks its format's rules, the audit says so.
+    try:
+        module = formats.probe(bytes(data), str(work / "img"))
+        module.decode(bytes(data))
+    except FormatError:
+        mine = {f.code for f in report.findings if f.image == str(work / "img")}
+        assert mine & {"malformed-header", "unsupported-feature"}, report.findings
