@@ -106,18 +106,21 @@ def detect_layout(disk: ET.Element) -> str | None:
 # -- per layout ---------------------------------------------------------------------------------
 
 
-def _nested_chain(holder: ET.Element, top: DiskLayer) -> DiskChain:
+def _linked_chain(holder: ET.Element, top: DiskLayer, tag: str) -> DiskChain:
+    """The layers nested in ``holder`` as ``<backingFile>`` (``tag``) or
+    ``<backingStore>`` elements; an empty one says "has none"."""
     layers = [top]
     ends = False
     node = holder
-    while True:
-        child = node.find("backingFile")
-        if child is None:
-            break
-        if child.find("source") is None:  # the empty marker: "has none"
+    while (child := node.find(tag)) is not None:
+        source = child.find("source")
+        if source is None:  # the empty marker
             ends = True
             break
-        layers.append(_layer(child.find("source"), _driver_format(child)))
+        if tag == "backingStore":
+            layers.append(_layer(source, _format_type(child), child.get("type")))
+        else:
+            layers.append(_layer(source, _driver_format(child)))
         node = child
     return DiskChain(tuple(layers), ends=ends)
 
@@ -131,22 +134,6 @@ def _flat_chain(holder: ET.Element, top: DiskLayer) -> DiskChain:
     return DiskChain(tuple(layers), ends=layers[-1].type not in ("network", "dir"))
 
 
-def _store_chain(holder: ET.Element, top: DiskLayer) -> DiskChain:
-    layers = [top]
-    ends = False
-    node = holder
-    while True:
-        child = node.find("backingStore")
-        if child is None:
-            break
-        if child.find("source") is None:
-            ends = True
-            break
-        layers.append(_layer(child.find("source"), _format_type(child), child.get("type")))
-        node = child
-    return DiskChain(tuple(layers), ends=ends)
-
-
 def parse_disk(disk: ET.Element, layout: str | None = None) -> Disk:
     """Read a ``<disk>`` element.  ``layout`` None: find it from the elements."""
     if disk.tag != "disk":
@@ -157,9 +144,11 @@ def parse_disk(disk: ET.Element, layout: str | None = None) -> Disk:
     mirror_el = disk.find("mirror")
     mirror = None
     if layout == "nested":
-        chain = _nested_chain(disk, top)
+        chain = _linked_chain(disk, top, "backingFile")
         if mirror_el is not None:
-            mirror = _nested_chain(mirror_el, _layer(mirror_el.find("source"), _driver_format(mirror_el)))
+            mirror = _linked_chain(
+                mirror_el, _layer(mirror_el.find("source"), _driver_format(mirror_el)), "backingFile"
+            )
     elif layout == "flat":
         chain = _flat_chain(disk, top)
         if mirror_el is not None:
@@ -167,14 +156,14 @@ def parse_disk(disk: ET.Element, layout: str | None = None) -> Disk:
             mtop = _layer(msource, None if msource is None else msource.get("format"))
             mirror = _flat_chain(mirror_el, mtop)
     elif layout == "backingstore":
-        chain = _store_chain(disk, top)
+        chain = _linked_chain(disk, top, "backingStore")
         if mirror_el is not None:
             if "file" in mirror_el.attrib:  # libvirt's old form
                 mtop = DiskLayer("file", path=mirror_el.attrib["file"], format=mirror_el.get("format"))
                 mirror = DiskChain((mtop,), ends=False)
             else:
                 mtop = _layer(mirror_el.find("source"), _format_type(mirror_el), mirror_el.get("type"))
-                mirror = _store_chain(mirror_el, mtop)
+                mirror = _linked_chain(mirror_el, mtop, "backingStore")
     elif layout is None:
         chain = DiskChain((top,), ends=False)
     else:

@@ -26,6 +26,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from craft import QCOW2_FIELDS, QED_FIELDS
+
 __all__ = [
     "CASES",
     "EXT_BACKING_FORMAT",
@@ -55,43 +57,7 @@ QEMU_IMG = "qemu-img"
 #: Replaced by the work directory's absolute path in command arguments.
 WORKDIR = "{workdir}"
 
-#: qcow2 header fields: name -> (offset, struct format), qcow2.txt "Header".
-QCOW2_FIELDS: dict[str, tuple[int, str]] = {
-    "magic": (0, ">I"),
-    "version": (4, ">I"),
-    "backing_file_offset": (8, ">Q"),
-    "backing_file_size": (16, ">I"),
-    "cluster_bits": (20, ">I"),
-    "size": (24, ">Q"),
-    "crypt_method": (32, ">I"),
-    "l1_size": (36, ">I"),
-    "l1_table_offset": (40, ">Q"),
-    "refcount_table_offset": (48, ">Q"),
-    "refcount_table_clusters": (56, ">I"),
-    "nb_snapshots": (60, ">I"),
-    "snapshots_offset": (64, ">Q"),
-    "incompatible_features": (72, ">Q"),
-    "compatible_features": (80, ">Q"),
-    "autoclear_features": (88, ">Q"),
-    "refcount_order": (96, ">I"),
-    "header_length": (100, ">I"),
-    "compression_type": (104, ">B"),
-}
-
-#: QED header fields: name -> (offset, struct format), qed_spec.txt "Header".
-QED_FIELDS: dict[str, tuple[int, str]] = {
-    "magic": (0, "<I"),
-    "cluster_size": (4, "<I"),
-    "table_size": (8, "<I"),
-    "header_size": (12, "<I"),
-    "features": (16, "<Q"),
-    "compat_features": (24, "<Q"),
-    "autoclear_features": (32, "<Q"),
-    "l1_table_offset": (40, "<Q"),
-    "image_size": (48, "<Q"),
-    "backing_filename_offset": (56, "<I"),
-    "backing_filename_size": (60, "<I"),
-}
+# Header field tables (name -> offset, struct format) are shared with craft.py.
 
 # qcow2 header extension magics (qcow2.txt "Header extensions").
 EXT_BACKING_FORMAT = 0xE2792ACA

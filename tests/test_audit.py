@@ -335,6 +335,20 @@ def test_audit_needs_a_path(capsys):
     assert e.value.code == EXIT_USAGE
 
 
+def audit_in_child(*args: str) -> set[tuple[str, str]]:
+    """Run the audit in a child process with a time limit (a FIFO opened by
+    mistake would block forever); it must exit 1.  (code, image name) pairs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgchain", "audit", "--output=json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == EXIT_FAIL, proc.stderr
+    return {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
+
+
 def test_directory_of_every_hostile_case(store, capsys):
     """Every hostile shape in one store: the audit finishes, reports each, exits 1."""
     hostile = store / "hostile"
@@ -350,30 +364,14 @@ def test_directory_of_every_hostile_case(store, capsys):
     put(hostile / "net.qcow2", qcow2_naming("nbd:evil.example:10809"))
     put(hostile / "bad.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, version=4))
     put(hostile / "json.qcow2", qcow2_naming('json:{"file":{"driver":"file","filename":"/etc/shadow"}}', None))
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgchain", "audit", "--output=json", "--root", "hostile", "-f", "raw", "hostile"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == EXIT_FAIL, proc.stderr
-    found = {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
+    found = audit_in_child("--root", "hostile", "-f", "raw", "hostile")
     assert {
         ("format-probe-mismatch", "guest.raw"),
         ("format-probe-mismatch", "etc-hosts.qcow2"),
         ("format-probe-mismatch", "data.qcow2"),
     } <= found
     # Declared raw, none of them is followed; read as what they are, every shape shows:
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgchain", "audit", "--output=json", "--root", "hostile", "hostile"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == EXIT_FAIL, proc.stderr
-    found = {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
+    found = audit_in_child("--root", "hostile", "hostile")
     assert {
         ("backing-outside-root", "guest.raw"),
         ("backing-outside-root", "etc-hosts.qcow2"),
