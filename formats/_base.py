@@ -14,13 +14,14 @@ again.  When the file itself ends too soon, the decoder raises
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from typing import Any, Protocol
 
-from construct import ConstructError, Struct
+from construct import Bytes, ConstructError, FormatField, Struct
 
 from imgchain.errors import FormatError, TruncatedError
 
-__all__ = ["DecodedImage", "NeedBytes", "Window", "as_window", "c_string", "parse"]
+__all__ = ["DecodedImage", "NeedBytes", "Window", "as_window", "c_string", "flat", "parse", "unpack"]
 
 
 class NeedBytes(Exception):
@@ -47,9 +48,13 @@ class Window:
         """Make ``data``, read at file ``offset``, visible to decoders."""
         self._chunks.append((offset, data))
 
-    def get(self, offset: int, length: int, fmt: str, field: str, field_offset: int | None = None) -> bytes:
+    def get(
+        self, offset: int, length: int, fmt: str, field: str, field_offset: int | None = None, *, ahead: int = 0
+    ) -> bytes:
         """``length`` bytes at ``offset``, needed for ``field`` (which is
-        found at ``field_offset``).  TruncatedError if the file ends first."""
+        found at ``field_offset``).  TruncatedError if the file ends first.
+        ``ahead``: if bytes must be read, how many the decoder will want from
+        ``offset`` on (so that one read serves them all)."""
         end = offset + length
         if end > self.size:
             raise TruncatedError(
@@ -61,23 +66,71 @@ class Window:
         for start, data in self._chunks:
             if start <= offset and end <= start + len(data):
                 return data[offset - start : end - start]
-        raise NeedBytes(offset, length)
+        raise NeedBytes(offset, max(length, min(ahead, self.size - offset)))
 
 
 def as_window(data: bytes | Window) -> Window:
     return data if isinstance(data, Window) else Window(data)
 
 
-def parse(layout: Struct, data: bytes, fmt: str, what: str, offset: int) -> Any:
-    """Parse ``layout`` from ``data`` (read at file offset ``offset``): the
-    one place where a construct (or struct) exception becomes our
-    :class:`FormatError`.  ``data`` comes from :meth:`Window.get`, which
-    guarantees its length, so reaching the ``except`` means a layout bug,
-    which is reported rather than crashed on."""
+class _Flat:
+    """A flat layout (fixed-size integers and byte strings, one byte order)
+    as one ``struct.Struct``: the same fields construct declares, unpacked
+    in one call.  Built from the construct declaration itself, so the layout
+    is still written once, in construct; tests/test_layouts.py proves both
+    parse every input alike."""
+
+    __slots__ = ("names", "record", "size", "struct")
+
+    def __init__(self, layout: Struct) -> None:
+        order = ""
+        codes = []
+        names = []
+        for field in layout.subcons:
+            sub = field.subcon
+            if isinstance(sub, FormatField):
+                prefix, code = sub.fmtstr[0], sub.fmtstr[1:]
+                if order and prefix != order:
+                    raise TypeError(f"mixed byte order in {layout}")
+                order = prefix
+                codes.append(code)
+            elif isinstance(sub, Bytes) and isinstance(sub.length, int):
+                codes.append(f"{sub.length}s")
+            else:
+                raise TypeError(f"{field.name}: not a flat field")
+            names.append(field.name)
+        self.names = tuple(names)
+        self.struct = struct.Struct((order or ">") + "".join(codes))
+        self.size = self.struct.size
+        self.record: Any = namedtuple("_Record", self.names)  # type: ignore[misc]
+
+
+_FLAT: dict[int, _Flat] = {}
+
+
+def flat(layout: Struct) -> _Flat:
+    """The one-call unpacker of a flat construct layout (made once)."""
+    compiled = _FLAT.get(id(layout))
+    if compiled is None:
+        compiled = _FLAT[id(layout)] = _Flat(layout)
+    return compiled
+
+
+def unpack(layout: Struct, data: bytes, fmt: str, what: str, offset: int) -> tuple[Any, ...]:
+    """The fields of ``layout`` in ``data`` (read at file offset ``offset``),
+    as a plain tuple in declaration order: the one place where a struct (or
+    construct) exception becomes our :class:`FormatError`.  ``data`` comes
+    from :meth:`Window.get`, which guarantees its length, so reaching the
+    ``except`` means a layout bug, reported rather than crashed on."""
     try:
-        return layout.parse(data)
-    except (ConstructError, struct.error) as exc:  # pragma: no cover - lengths are guaranteed
+        return flat(layout).struct.unpack(data)
+    except (ConstructError, struct.error, TypeError) as exc:  # pragma: no cover - lengths are guaranteed
         raise FormatError(fmt, f"cannot decode {what}: {exc}", field=what, offset=offset) from None
+
+
+def parse(layout: Struct, data: bytes, fmt: str, what: str, offset: int) -> Any:
+    """Like :func:`unpack`, with the fields by name (``.cluster_bits``)."""
+    return flat(layout).record._make(unpack(layout, data, fmt, what, offset))
 
 
 def c_string(raw: bytes) -> str:

@@ -10,9 +10,9 @@ Pure: see ``formats._base`` for the window protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from construct import Array, Bytes, Int16ub, Int32ub, Struct
+from construct import Bytes, Int16ub, Int32ub, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
@@ -48,9 +48,11 @@ LUKS_PHDR = Struct(
     "mk_digest_salt" / Bytes(32),
     "mk_digest_iter" / Int32ub,
     "uuid" / Bytes(40),
-    "key_slots" / Array(NUM_KEY_SLOTS, KEY_SLOT),
 )
-"""The LUKS1 partition header (592 bytes)."""
+"""The LUKS1 partition header (592 bytes): these 208, then
+``NUM_KEY_SLOTS`` times :data:`KEY_SLOT`."""
+_PHDR_SIZE = LUKS_PHDR.sizeof()
+_SLOT_SIZE = KEY_SLOT.sizeof()
 
 _CIPHERS = {
     "aes": {16: "aes-128", 24: "aes-192", 32: "aes-256"},
@@ -63,16 +65,14 @@ _HASHES = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 _IVGENS = ("plain", "plain64", "essiv")
 
 
-@dataclass(frozen=True, slots=True)
-class KeySlot:
+class KeySlot(NamedTuple):
     active: bool
     iterations: int
     key_offset: int  #: bytes
     stripes: int
 
 
-@dataclass(frozen=True, slots=True)
-class LuksHeader:
+class LuksHeader(NamedTuple):
     """A checked LUKS1 header, with qemu's names for its algorithms."""
 
     cipher_alg: str
@@ -104,8 +104,12 @@ def _nul_terminated(raw: bytes, field: str, offset: int) -> str:
 
 def decode(data: bytes | Window, offset: int = 0) -> LuksHeader:
     """Decode and check the LUKS1 header found at ``offset``."""
-    raw = as_window(data).get(offset, LUKS_PHDR.sizeof(), NAME, "LUKS header", offset)
-    h = parse(LUKS_PHDR, raw, NAME, "LUKS header", offset)
+    raw = as_window(data).get(offset, _PHDR_SIZE + NUM_KEY_SLOTS * _SLOT_SIZE, NAME, "LUKS header", offset)
+    h = parse(LUKS_PHDR, raw[:_PHDR_SIZE], NAME, "LUKS header", offset)
+    key_slots = [
+        parse(KEY_SLOT, raw[at : at + _SLOT_SIZE], NAME, "key slot", offset + at)
+        for at in range(_PHDR_SIZE, _PHDR_SIZE + NUM_KEY_SLOTS * _SLOT_SIZE, _SLOT_SIZE)
+    ]
     if h.magic != MAGIC:
         raise _bad(f"bad magic {h.magic!r}: not a LUKS header", "magic", offset, h.magic)
     if h.version != VERSION:
@@ -128,7 +132,7 @@ def decode(data: bytes | Window, offset: int = 0) -> LuksHeader:
         return -(-sectors // header_sectors) * header_sectors
 
     slots = []
-    for i, s in enumerate(h.key_slots):
+    for i, s in enumerate(key_slots):
         at = offset + 208 + 48 * i
         if s.stripes != STRIPES:
             raise _bad(f"key slot {i} is corrupt (stripes {s.stripes}, not {STRIPES})", "stripes", at + 44, s.stripes)
@@ -142,7 +146,7 @@ def decode(data: bytes | Window, offset: int = 0) -> LuksHeader:
         if start + length > h.payload_offset:
             raise _bad(f"key slot {i} overlaps the encrypted payload", "key_material_offset", at + 40, start)
         for j in range(i + 1, NUM_KEY_SLOTS):
-            other = h.key_slots[j]
+            other = key_slots[j]
             o_start, o_len = other.key_material_offset, key_sectors(other.stripes)
             if start + length > o_start and o_start + o_len > start:
                 raise _bad(f"key slots {i} and {j} overlap", "key_material_offset", at + 40, start)

@@ -9,20 +9,19 @@ read-only (``qcow2_do_open``, ``qcow2_read_extensions``) is checked here and
 raises :class:`FormatError` or :class:`UnsupportedFeatureError` naming the
 field and its byte offset.
 
-Pure: bytes in, frozen dataclasses out; see ``formats._base`` for the
-``buf``/``file_size``/``NeedBytes`` protocol.
+Pure: bytes in, immutable records (NamedTuples) out; see ``formats._base``
+for the window protocol.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Window, as_window, c_string, parse
+from ._base import Window, as_window, c_string, flat, parse, unpack
 
 NAME = "qcow2"
 MAGIC = b"QFI\xfb"
@@ -97,6 +96,9 @@ BITMAP_DIRECTORY_ENTRY = Struct(
     "extra_data_size" / Int32ub,
 )
 """qcow2.txt "Bitmap directory": the 24 fixed bytes of an entry."""
+
+_SNAPSHOT_HEADER_SIZE = SNAPSHOT_HEADER.sizeof()
+_FEATURE_ENTRY_SIZE = FEATURE_NAME_ENTRY.sizeof()
 
 # -- constants -----------------------------------------------------------------
 
@@ -183,8 +185,7 @@ _INCOMPAT_NAMES = {
 # -- results -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Qcow2Header:
+class Qcow2Header(NamedTuple):
     """The fixed header, fields as qcow2.txt names them.  For a version 2
     image the version 3 fields hold the values the spec implies."""
 
@@ -209,8 +210,7 @@ class Qcow2Header:
     compression_type: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureName:
+class FeatureName(NamedTuple):
     """An entry of the feature name table: type 0 incompatible, 1
     compatible, 2 autoclear."""
 
@@ -219,8 +219,7 @@ class FeatureName:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderExtension:
+class HeaderExtension(NamedTuple):
     """An extension this decoder does not interpret, kept by type and place."""
 
     type: int
@@ -228,23 +227,20 @@ class HeaderExtension:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class BitmapsExtension:
+class BitmapsExtension(NamedTuple):
     nb_bitmaps: int
     bitmap_directory_size: int
     bitmap_directory_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class FullDiskEncryption:
+class FullDiskEncryption(NamedTuple):
     """Where the LUKS header lies in the image file."""
 
     offset: int
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """A snapshot table entry, with its extra data resolved as qemu does."""
 
     id: str
@@ -259,8 +255,7 @@ class Snapshot:
     icount: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Bitmap:
+class Bitmap(NamedTuple):
     """A bitmap directory entry."""
 
     name: str
@@ -283,20 +278,28 @@ class Bitmap:
         return tuple(names)
 
 
-@dataclass(frozen=True, slots=True)
-class Qcow2Image:
+class Qcow2Image(NamedTuple):
     """A decoded qcow2 header and its extensions."""
 
     header: Qcow2Header
     backing_filename: str | None
     backing_format: str | None
     data_file: str | None
-    feature_names: tuple[FeatureName, ...]
+    #: The feature name table extension's raw entries (see ``feature_names``).
+    feature_table: bytes
     bitmaps_extension: BitmapsExtension | None
     full_disk_encryption: FullDiskEncryption | None
     unknown_extensions: tuple[HeaderExtension, ...]
 
-    format: ClassVar[str] = NAME
+    @property
+    def format(self) -> str:
+        return NAME
+
+    @property
+    def feature_names(self) -> tuple[FeatureName, ...]:
+        """The feature name table, decoded when asked for (it is only
+        needed to name unknown feature bits)."""
+        return _feature_table(self.feature_table)
 
     @property
     def version(self) -> int:
@@ -391,6 +394,9 @@ def _validate_table(
         raise _bad(f"{what} offset {offset:#x} invalid (must be cluster aligned)", offset_field, offset)
 
 
+_V2_DEFAULTS = (0, 0, 0, 4, V2_HEADER_LENGTH, 0)  # what a version 2 header implies for the v3 fields
+
+
 def decode_header(data: bytes | Window) -> Qcow2Header:
     """Decode and check the fixed header (the first 72, or 104 and more, bytes)."""
     win = as_window(data)
@@ -400,37 +406,35 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
     version = int.from_bytes(first[4:8], "big")
     if version not in (2, 3):
         raise _unsupported(f"version {version} unsupported (qcow2 has versions 2 and 3)", "version", version)
-    c = parse(QCOW2_HEADER, win.get(0, V2_HEADER_LENGTH, NAME, "header"), NAME, "header", 0)
-    if not MIN_CLUSTER_BITS <= c.cluster_bits <= MAX_CLUSTER_BITS:
+    common = unpack(QCOW2_HEADER, win.get(0, V2_HEADER_LENGTH, NAME, "header"), NAME, "header", 0)
+    cluster_bits = common[4]
+    if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
         raise _bad(
-            f"cluster_bits {c.cluster_bits} outside {MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}",
-            "cluster_bits",
-            c.cluster_bits,
+            f"cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}", "cluster_bits", cluster_bits
         )
-    cluster_size = 1 << c.cluster_bits
-    fields = {k: v for k, v in c.items() if k != "_io"}
-    if version == 3:
+    if version == 2:
+        header = Qcow2Header._make(common + _V2_DEFAULTS)
+    else:
         tail = win.get(
             V2_HEADER_LENGTH, V3_MIN_HEADER_LENGTH - V2_HEADER_LENGTH, NAME, "version 3 header", V2_HEADER_LENGTH
         )
-        v3 = parse(QCOW2_HEADER_V3, tail, NAME, "version 3 header", V2_HEADER_LENGTH)
-        if v3.header_length < V3_MIN_HEADER_LENGTH:
+        v3 = unpack(QCOW2_HEADER_V3, tail, NAME, "version 3 header", V2_HEADER_LENGTH)
+        header_length = v3[4]
+        if header_length < V3_MIN_HEADER_LENGTH:
+            raise _bad(f"header_length {header_length} below {V3_MIN_HEADER_LENGTH}", "header_length", header_length)
+        if header_length > 1 << cluster_bits:
             raise _bad(
-                f"header_length {v3.header_length} below {V3_MIN_HEADER_LENGTH}", "header_length", v3.header_length
-            )
-        if v3.header_length > cluster_size:
-            raise _bad(
-                f"header_length {v3.header_length} exceeds the cluster size {cluster_size}",
+                f"header_length {header_length} exceeds the cluster size {1 << cluster_bits}",
                 "header_length",
-                v3.header_length,
+                header_length,
             )
-        fields.update((k, v) for k, v in v3.items() if k != "_io")
-        if v3.header_length > OFFSETS["compression_type"]:
+        compression_type = 0
+        if header_length > OFFSETS["compression_type"]:
             # The rest of the header (bytes 105.. header_length) is padding or
             # fields newer than this decoder: they still have to be there.
-            rest = win.get(V3_MIN_HEADER_LENGTH, v3.header_length - V3_MIN_HEADER_LENGTH, NAME, "header", 100)
-            fields["compression_type"] = rest[0]
-    header = Qcow2Header(**fields)
+            rest = win.get(V3_MIN_HEADER_LENGTH, header_length - V3_MIN_HEADER_LENGTH, NAME, "header", 100)
+            compression_type = rest[0]
+        header = Qcow2Header._make((*common, *v3, compression_type))
     _check_header(header)
     return header
 
@@ -486,7 +490,7 @@ def _check_header(h: Qcow2Header) -> None:
     )
     if h.nb_snapshots > MAX_SNAPSHOTS:
         raise _bad(f"nb_snapshots {h.nb_snapshots} above {MAX_SNAPSHOTS}", "nb_snapshots", h.nb_snapshots)
-    entry = SNAPSHOT_HEADER.sizeof()
+    entry = _SNAPSHOT_HEADER_SIZE
     _validate_table(
         h.snapshots_offset,
         h.nb_snapshots,
@@ -510,13 +514,13 @@ def _check_header(h: Qcow2Header) -> None:
 
 
 def _feature_table(raw: bytes) -> tuple[FeatureName, ...]:
-    size = FEATURE_NAME_ENTRY.sizeof()
+    size = _FEATURE_ENTRY_SIZE
     entries = []
     for pos in range(0, len(raw) - size + 1, size):
-        e = parse(FEATURE_NAME_ENTRY, raw[pos : pos + size], NAME, "feature name table", pos)
-        if e.name[0] == 0:
+        kind, bit, name = unpack(FEATURE_NAME_ENTRY, raw[pos : pos + size], NAME, "feature name table", pos)
+        if name[0] == 0:
             break  # qemu reads the table up to the first entry with an empty name
-        entries.append(FeatureName(e.type, e.bit, c_string(e.name)))
+        entries.append(FeatureName(kind, bit, c_string(name)))
     return tuple(entries)
 
 
@@ -531,7 +535,7 @@ def decode(data: bytes | Window) -> Qcow2Image:
     ext_end = h.backing_file_offset or cluster_size
 
     backing_format = data_file = None
-    feature_names: tuple[FeatureName, ...] = ()
+    feature_table = b""
     bitmaps = crypto = None
     unknown: list[HeaderExtension] = []
     offset = h.header_length
@@ -542,41 +546,41 @@ def decode(data: bytes | Window) -> Qcow2Image:
                 "extension",
                 offset=offset,
             )
-        ext = parse(HEADER_EXTENSION, win.get(offset, 8, NAME, "header extension"), NAME, "header extension", offset)
+        # Read ahead to the end of the extension area: one read, however many.
+        head = win.get(offset, 8, NAME, "header extension", ahead=ext_end - offset)
+        kind, length = unpack(HEADER_EXTENSION, head, NAME, "header extension", offset)
         start = offset + 8
-        if ext.length > ext_end - start:
+        if length > ext_end - start:
             raise _bad(
-                f"header extension {ext.type:#010x} of {ext.length} bytes runs past the header area "
-                f"(ends {ext_end:#x})",
+                f"header extension {kind:#010x} of {length} bytes runs past the header area (ends {ext_end:#x})",
                 "extension length",
-                ext.length,
+                length,
                 offset=offset + 4,
             )
-        if ext.type == EXT_END:
+        if kind == EXT_END:
             break
-        body = win.get(start, ext.length, NAME, f"header extension {ext.type:#010x}", offset)
-        if ext.type == EXT_BACKING_FORMAT:
-            if ext.length > MAX_BACKING_FORMAT_LENGTH:
+        if kind == EXT_BACKING_FORMAT:
+            if length > MAX_BACKING_FORMAT_LENGTH:
                 raise _bad(
-                    f"backing format name of {ext.length} bytes (at most {MAX_BACKING_FORMAT_LENGTH})",
+                    f"backing format name of {length} bytes (at most {MAX_BACKING_FORMAT_LENGTH})",
                     "backing format extension length",
-                    ext.length,
+                    length,
                     offset=offset + 4,
                 )
-            backing_format = c_string(body)
-        elif ext.type == EXT_FEATURE_TABLE:
-            feature_names = _feature_table(body)
-        elif ext.type == EXT_FULL_DISK_ENCRYPTION:
-            crypto = _full_disk_encryption(h, body, offset)
-        elif ext.type == EXT_BITMAPS:
-            bitmaps = _bitmaps_extension(h, body, offset)
-        elif ext.type == EXT_DATA_FILE:
-            data_file = c_string(body)
-        else:
-            unknown.append(HeaderExtension(ext.type, offset, ext.length))
-        offset = start + ((ext.length + 7) & ~7)
+            backing_format = c_string(win.get(start, length, NAME, "backing format extension", offset))
+        elif kind == EXT_FEATURE_TABLE:
+            feature_table = win.get(start, length, NAME, "feature name table", offset)
+        elif kind == EXT_FULL_DISK_ENCRYPTION:
+            crypto = _full_disk_encryption(h, win.get(start, length, NAME, "encryption extension", offset), offset)
+        elif kind == EXT_BITMAPS:
+            bitmaps = _bitmaps_extension(h, win.get(start, length, NAME, "bitmaps extension", offset), offset)
+        elif kind == EXT_DATA_FILE:
+            data_file = c_string(win.get(start, length, NAME, "data file extension", offset))
+        else:  # kept by place, its body not read
+            unknown.append(HeaderExtension(kind, offset, length))
+        offset = start + ((length + 7) & ~7)
 
-    _check_incompatible(h, feature_names)
+    _check_incompatible(h, feature_table)
 
     backing = None
     if h.backing_file_offset:
@@ -592,7 +596,7 @@ def decode(data: bytes | Window) -> Qcow2Image:
         backing_filename=backing,
         backing_format=backing_format if backing else None,
         data_file=data_file,
-        feature_names=feature_names,
+        feature_table=feature_table,
         bitmaps_extension=bitmaps,
         full_disk_encryption=crypto,
         unknown_extensions=tuple(unknown),
@@ -602,7 +606,7 @@ def decode(data: bytes | Window) -> Qcow2Image:
 def _full_disk_encryption(h: Qcow2Header, body: bytes, offset: int) -> FullDiskEncryption:
     if h.crypt_method != CRYPT_LUKS:
         raise _bad("full disk encryption header extension without LUKS encryption", "crypt_method", h.crypt_method)
-    if len(body) != FULL_DISK_ENCRYPTION_EXTENSION.sizeof():
+    if len(body) != 16:
         raise _bad(
             f"full disk encryption extension of {len(body)} bytes, expected 16",
             "extension length",
@@ -622,7 +626,7 @@ def _full_disk_encryption(h: Qcow2Header, body: bytes, offset: int) -> FullDiskE
 
 def _bitmaps_extension(h: Qcow2Header, body: bytes, offset: int) -> BitmapsExtension | None:
     data = offset + 8
-    if len(body) != BITMAPS_EXTENSION.sizeof():
+    if len(body) != 24:
         raise _bad(
             f"bitmaps extension of {len(body)} bytes, expected 24", "extension length", len(body), offset=offset + 4
         )
@@ -654,11 +658,11 @@ def _bitmaps_extension(h: Qcow2Header, body: bytes, offset: int) -> BitmapsExten
     return BitmapsExtension(b.nb_bitmaps, b.bitmap_directory_size, b.bitmap_directory_offset)
 
 
-def _check_incompatible(h: Qcow2Header, feature_names: tuple[FeatureName, ...]) -> None:
+def _check_incompatible(h: Qcow2Header, feature_table: bytes) -> None:
     unknown = h.incompatible_features & ~INCOMPAT_KNOWN
     if not unknown:
         return
-    named = {f.bit: f.name for f in feature_names if f.type == 0}
+    named = {f.bit: f.name for f in _feature_table(feature_table) if f.type == 0}
     parts = []
     for bit in range(64):
         if unknown >> bit & 1:
@@ -678,7 +682,7 @@ def decode_snapshot_table(data: bytes | Window, image: Qcow2Image) -> tuple[Snap
     for i in range(h.nb_snapshots):
         pos = (pos + 7) & ~7
         what = f"snapshot table entry {i}"
-        e = parse(SNAPSHOT_HEADER, win.get(pos, SNAPSHOT_HEADER.sizeof(), NAME, what), NAME, what, pos)
+        e = parse(SNAPSHOT_HEADER, win.get(pos, _SNAPSHOT_HEADER_SIZE, NAME, what), NAME, what, pos)
         if e.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA:
             raise _bad(
                 f"{what}: extra_data_size {e.extra_data_size} above {MAX_SNAPSHOT_EXTRA_DATA}",
@@ -686,11 +690,11 @@ def decode_snapshot_table(data: bytes | Window, image: Qcow2Image) -> tuple[Snap
                 e.extra_data_size,
                 offset=pos + 36,
             )
-        rest = win.get(pos + SNAPSHOT_HEADER.sizeof(), e.extra_data_size + e.id_str_size + e.name_size, NAME, what, pos)
+        rest = win.get(pos + _SNAPSHOT_HEADER_SIZE, e.extra_data_size + e.id_str_size + e.name_size, NAME, what, pos)
         extra = rest[: e.extra_data_size]
         id_str = c_string(rest[e.extra_data_size : e.extra_data_size + e.id_str_size])
         name = c_string(rest[e.extra_data_size + e.id_str_size :])
-        pos += SNAPSHOT_HEADER.sizeof() + len(rest)
+        pos += _SNAPSHOT_HEADER_SIZE + len(rest)
         if pos - h.snapshots_offset > MAX_SNAPSHOTS_SIZE:
             raise _bad(f"snapshot table larger than {MAX_SNAPSHOTS_SIZE} bytes", "nb_snapshots", h.nb_snapshots)
         icount = int.from_bytes(extra[16:24], "big") if len(extra) >= 24 else None
@@ -722,7 +726,7 @@ def decode_bitmap_directory(data: bytes | Window, image: Qcow2Image) -> tuple[Bi
     if size == 0:
         raise _bad("bitmap_directory_size is zero", "bitmap_directory_size", 0, offset=base)
     directory = as_window(data).get(base, size, NAME, "bitmap directory", base)
-    fixed = BITMAP_DIRECTORY_ENTRY.sizeof()
+    fixed = flat(BITMAP_DIRECTORY_ENTRY).size
     bitmaps: list[Bitmap] = []
     names: set[str] = set()
     pos = 0

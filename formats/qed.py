@@ -8,14 +8,13 @@ protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import NamedTuple
 
 from construct import Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Window, as_window, c_string, parse
+from ._base import Window, as_window, c_string, unpack
 
 NAME = "qed"
 MAGIC = b"QED\0"
@@ -34,6 +33,8 @@ QED_HEADER = Struct(
     "backing_filename_size" / Int32ul,  # 60
 )
 """qed_spec.txt "Header"."""
+
+_HEADER_SIZE = QED_HEADER.sizeof()
 
 OFFSETS = {
     "magic": 0,
@@ -60,8 +61,7 @@ MAX_BACKING_FILENAME_SIZE = 4095  # qemu reads it into char[PATH_MAX]
 UINT32_MAX = (1 << 32) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class QedHeader:
+class QedHeader(NamedTuple):
     """The header, fields as qed_spec.txt names them."""
 
     magic: int
@@ -77,17 +77,27 @@ class QedHeader:
     backing_filename_size: int
 
 
-@dataclass(frozen=True, slots=True)
-class QedImage:
+class QedImage(NamedTuple):
     """A decoded QED header."""
 
     header: QedHeader
     backing_filename: str | None
 
-    format: ClassVar[str] = NAME
-    corrupt: ClassVar[bool] = False
-    encrypted: ClassVar[bool] = False
-    data_file: ClassVar[str | None] = None
+    @property
+    def format(self) -> str:
+        return NAME
+
+    @property
+    def corrupt(self) -> bool:
+        return False
+
+    @property
+    def encrypted(self) -> bool:
+        return False
+
+    @property
+    def data_file(self) -> None:
+        return None
 
     @property
     def cluster_size(self) -> int:
@@ -136,11 +146,10 @@ def decode(data: bytes | Window) -> QedImage:
     """Decode a QED image: the header and the backing file name.  ``data``
     is the whole file, or a :class:`Window` on it."""
     win = as_window(data)
-    raw = win.get(0, QED_HEADER.sizeof(), NAME, "header", 0)
+    raw = win.get(0, _HEADER_SIZE, NAME, "header", 0)
     if raw[:4] != MAGIC:
         raise _bad(f"bad magic {raw[:4]!r}, expected {MAGIC!r}", "magic", raw[:4])
-    c = parse(QED_HEADER, raw, NAME, "header", 0)
-    h = QedHeader(**{k: v for k, v in c.items() if k != "_io"})
+    h = QedHeader._make(unpack(QED_HEADER, raw, NAME, "header", 0))
     if h.features & ~FEATURE_MASK:
         raise UnsupportedFeatureError(
             NAME,

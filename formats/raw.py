@@ -4,26 +4,48 @@ registry tries it last and it accepts anything."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import NamedTuple
 
 from ._base import Window, as_window
 
 NAME = "raw"
 
 
-@dataclass(frozen=True, slots=True)
-class RawImage:
+class RawImage(NamedTuple):
     file_size: int
 
-    format: ClassVar[str] = NAME
-    cluster_size: ClassVar[int | None] = None
-    backing_filename: ClassVar[str | None] = None
-    backing_format: ClassVar[str | None] = None
-    dirty: ClassVar[bool] = False
-    corrupt: ClassVar[bool] = False
-    encrypted: ClassVar[bool] = False
-    data_file: ClassVar[str | None] = None
+    # What raw has none of (properties: a NamedTuple has no class attributes).
+    @property
+    def format(self) -> str:
+        return NAME
+
+    @property
+    def cluster_size(self) -> None:
+        return None
+
+    @property
+    def backing_filename(self) -> None:
+        return None
+
+    @property
+    def backing_format(self) -> None:
+        return None
+
+    @property
+    def dirty(self) -> bool:
+        return False
+
+    @property
+    def corrupt(self) -> bool:
+        return False
+
+    @property
+    def encrypted(self) -> bool:
+        return False
+
+    @property
+    def data_file(self) -> None:
+        return None
 
     @property
     def virtual_size(self) -> int:

@@ -20,9 +20,8 @@ none is recorded.  The walk stops at:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from imgchain.backing_name import LocalPath, parse_backing_name
 from imgchain.errors import BackingLoopError, ChainError, ChainTooDeepError, ImgChainError
 from imgchain.names import combine, protocol_of, strip_file_protocol
 from imgchain.probe import FormatSource, Image, read_image, stat_image
@@ -33,8 +32,7 @@ __all__ = ["MAX_DEPTH", "Chain", "Layer", "RemoteBacking", "resolve_chain"]
 MAX_DEPTH = 200
 
 
-@dataclass(frozen=True, slots=True)
-class Layer:
+class Layer(NamedTuple):
     """One image of a chain."""
 
     #: The name qemu gives this layer: as given for the top, the overlay's
@@ -50,8 +48,7 @@ class Layer:
         return self.image.format
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteBacking:
+class RemoteBacking(NamedTuple):
     """A backing name with a protocol: where the offline walk ends."""
 
     filename: str
@@ -60,8 +57,7 @@ class RemoteBacking:
     format: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Chain:
+class Chain(NamedTuple):
     """A top image and its backing files, top first."""
 
     layers: tuple[Layer, ...]
@@ -138,6 +134,8 @@ def resolve_chain(
                 # A json: name may name a local file (driver file or
                 # host_device), and file: always does: those are walked like
                 # any path (qemu opens them relative to its working folder).
+                from imgchain.backing_name import LocalPath, parse_backing_name  # only for such names
+
                 parsed = parse_backing_name(full)
                 if not isinstance(parsed.source, LocalPath):
                     return Chain(tuple(layers), remote=RemoteBacking(full, protocol, fmt))

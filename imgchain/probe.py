@@ -21,8 +21,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from imgchain import formats
 from imgchain.errors import (
@@ -33,7 +32,10 @@ from imgchain.errors import (
     NotRegularFileError,
     TruncatedError,
 )
-from imgchain.formats import NeedBytes, Window, luks, qcow2
+from imgchain.formats import NeedBytes, Window, qcow2
+
+if TYPE_CHECKING:
+    from imgchain.formats import luks
 
 __all__ = [
     "INITIAL_READ",
@@ -77,8 +79,7 @@ class FormatSource(str, enum.Enum):
         return self is FormatSource.PROBED
 
 
-@dataclass(frozen=True, slots=True)
-class FileInfo:
+class FileInfo(NamedTuple):
     """What ``stat`` says of an image file."""
 
     path: str
@@ -93,8 +94,7 @@ class FileInfo:
         return (self.dev, self.ino)
 
 
-@dataclass(frozen=True, slots=True)
-class Image:
+class Image(NamedTuple):
     """One image file, read and decoded."""
 
     path: str
@@ -111,7 +111,7 @@ class Image:
     bitmaps: tuple[qcow2.Bitmap, ...] = ()
     #: The LUKS header a LUKS-encrypted qcow2 points at (checked as qemu does).
     luks: luks.LuksHeader | None = None
-    bytes_read: int = field(default=0, compare=False)
+    bytes_read: int = 0
 
 
 def _kind(mode: int) -> str | None:
@@ -258,6 +258,8 @@ def read_image(
         luks_header = None
         fde = getattr(decoded, "full_disk_encryption", None)
         if fde is not None:
+            from imgchain.formats import luks  # only LUKS-encrypted images need it
+
             luks_header = reader.fill(lambda w: luks.decode(w, fde.offset), win, luks.NAME)
         if tables and isinstance(decoded, qcow2.Qcow2Image):
             snapshots = reader.fill(lambda w: qcow2.decode_snapshot_table(w, decoded), win, module.NAME)

@@ -46,9 +46,9 @@ class RecordingWindow(Window):
         super().__init__(data)
         self.furthest = 0
 
-    def get(self, offset, length, fmt, field, field_offset=None):  # type: ignore[no-untyped-def]
+    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
         self.furthest = max(self.furthest, offset + length)
-        return super().get(offset, length, fmt, field, field_offset)
+        return super().get(offset, length, fmt, field, field_offset, ahead=ahead)
 
 
 def decode_all(data: bytes) -> object:

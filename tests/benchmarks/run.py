@@ -1,0 +1,259 @@
+"""imgchain's benchmark: throughput against the I/O floor, qemu-img and
+OpenStack's format_inspector, measured side by side in one run.
+
+Not part of the test suite.  Run it as the README says:
+
+    python3 -m venv .bench && .bench/bin/pip install -e . -r tests/benchmarks/requirements.txt
+    .bench/bin/python tests/benchmarks/run.py [--images 10000]
+
+It builds an image set with qemu-img (qcow2 v2 and v3, qed, raw, chains of
+depth 1 to 5; templates made by qemu-img, copied), then prints a table of
+medians and the ratios between them.  Every figure is measured in this run:
+the ratios compare like with like on this machine, now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SINGLES = {
+    # name: (qemu-img create arguments, size)
+    "v2.qcow2": (["-f", "qcow2", "-o", "compat=0.10,cluster_size=4096"], "1M"),
+    "v3.qcow2": (["-f", "qcow2", "-o", "cluster_size=4096"], "1M"),
+    "v3-64k.qcow2": (["-f", "qcow2"], "64M"),
+    "plain.qed": (["-f", "qed", "-o", "cluster_size=4096,table_size=2"], "1M"),
+    "disk.raw": (["-f", "raw"], "1M"),
+}
+
+
+@dataclass
+class ImageSet:
+    root: Path
+    files: list[str]
+    tops: list[str]
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def make_templates(where: Path) -> dict[str, Path]:
+    """One of each single image and one chain of each depth, made by qemu-img."""
+    out: dict[str, Path] = {}
+    for name, (args, size) in SINGLES.items():
+        qemu_img("create", *args, str(where / name), size)
+        out[name] = where / name
+    for depth in range(1, 6):
+        chain = where / f"chain{depth}"
+        chain.mkdir()
+        qemu_img("create", "-f", "raw", str(chain / "l0.raw"), "1M")
+        below, fmt = "l0.raw", "raw"
+        for level in range(1, depth + 1):
+            kind = "qed" if level == depth and depth % 2 == 0 else "qcow2"
+            name = f"l{level}.{kind}"
+            opts = "cluster_size=4096,table_size=2" if kind == "qed" else "cluster_size=4096"
+            qemu_img("create", "-f", kind, "-o", opts, "-b", below, "-F", fmt, str(chain / name), "1M")
+            below, fmt = name, kind
+        out[f"chain{depth}"] = chain
+    return out
+
+
+def build(root: Path, count: int) -> ImageSet:
+    """About ``count`` images: 70% single images of every kind, 30% in chains."""
+    templates = make_templates(Path(tempfile.mkdtemp(prefix="imgchain-templates-")))
+    files: list[str] = []
+    tops: list[str] = []
+    singles = list(SINGLES)
+    i = 0
+    while len(files) < count * 7 // 10:
+        name = singles[i % len(singles)]
+        folder = root / f"s{i // 1000:03d}"
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{i:06d}-{name}"
+        shutil.copyfile(templates[name], target)
+        files.append(str(target))
+        tops.append(str(target))
+        i += 1
+    c = 0
+    while len(files) < count:
+        depth = c % 5 + 1
+        target = root / f"c{c // 200:03d}" / f"chain{c:05d}"
+        shutil.copytree(templates[f"chain{depth}"], target)
+        layers = sorted(str(p) for p in target.iterdir())
+        files.extend(layers)
+        tops.append(str(max(target.iterdir(), key=lambda p: int(p.name[1 : p.name.index(".")]))))
+        c += 1
+    shutil.rmtree(templates["v2.qcow2"].parent)
+    return ImageSet(root, files, tops)
+
+
+# -- what is measured --------------------------------------------------------------------------
+
+
+def floor(files: list[str]) -> None:
+    """(a) The I/O floor: open, fstat, read the first 512 bytes, close."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fstat(fd)
+            os.read(fd, 512)
+        finally:
+            os.close(fd)
+
+
+def probe_decode(files: list[str]) -> None:
+    """(b) imgchain's probe and decode of each file, in process."""
+    from imgchain.probe import read_image
+
+    for path in files:
+        read_image(path, tables=False)
+
+
+def resolve(tops: list[str]) -> None:
+    """(c) imgchain's chain resolution from each top image, in process."""
+    from imgchain.chain import resolve_chain
+
+    for path in tops:
+        resolve_chain(path, tables=False)
+
+
+def oslo(files: list[str]) -> None:
+    """(e) OpenStack's format_inspector: detect, then the safety check."""
+    from oslo_utils.imageutils import format_inspector
+
+    for path in files:
+        inspector = format_inspector.detect_file_format(path)
+        with contextlib.suppress(format_inspector.SafetyCheckFailed):
+            inspector.safety_check()
+
+
+def timed(fn: Callable[[list[str]], None], items: list[str], repeat: int) -> float:
+    """Median seconds of ``repeat`` runs (one untimed warm-up run first)."""
+    fn(items)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(items)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_process(args: list[str], repeat: int) -> tuple[float, int]:
+    """Median wall seconds of a whole process, and its peak RSS in KiB."""
+    times, peaks = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - start)
+        peaks.append(usage.ru_maxrss)
+        if os.waitstatus_to_exitcode(status) not in (0, 1):
+            raise SystemExit(f"benchmark: {' '.join(args)} exited {status}")
+    return statistics.median(times), max(peaks)
+
+
+def qemu_loop(tops: list[str], sample: int) -> float:
+    """Seconds per top image of ``qemu-img info --backing-chain --output=json``
+    run once per image, as a shell loop would (over a sample of the tops)."""
+    chosen = tops[:: max(1, len(tops) // sample)][:sample]
+    start = time.perf_counter()
+    for path in chosen:
+        subprocess.run(
+            ["qemu-img", "info", "--backing-chain", "--output=json", path],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    return (time.perf_counter() - start) / len(chosen)
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=10_000, help="size of the image set (default 10000)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per in-process figure (median)")
+    parser.add_argument("--qemu-sample", type=int, default=300, help="top images timed with qemu-img")
+    parser.add_argument("--dir", help="build the image set here (default: a temporary folder)")
+    args = parser.parse_args()
+    if shutil.which("qemu-img") is None:
+        raise SystemExit("benchmark: qemu-img is needed to build the image set")
+    root = Path(args.dir or tempfile.mkdtemp(prefix="imgchain-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"building {args.images} images in {root} ...", file=sys.stderr)
+    images = build(root, args.images)
+    n, t = len(images.files), len(images.tops)
+    print(f"{n} images, {t} top images; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}", file=sys.stderr)
+
+    rows: list[tuple[str, str, float]] = []  # (label, unit, per-second rate)
+    a = n / timed(floor, images.files, args.repeat)
+    rows.append(("(a) I/O floor: open+fstat+read 512+close", "files/s", a))
+    b = n / timed(probe_decode, images.files, args.repeat)
+    rows.append(("(b) imgchain probe+decode, in process", "images/s", b))
+    c = t / timed(resolve, images.tops, args.repeat)
+    rows.append(("(c) imgchain chain resolution, in process", "chains/s", c))
+    audit_s, audit_rss = run_process([sys.executable, "-m", "imgchain", "audit", str(root)], max(1, args.repeat // 2))
+    d = n / audit_s
+    rows.append(("(d) imgchain audit DIR, whole process", "images/s", d))
+    q = None
+    q_per_top = qemu_loop(images.tops, args.qemu_sample)
+    q = n / (q_per_top * t)  # the whole set's images, covered by a loop over its tops
+    rows.append(("(d) qemu-img info --backing-chain loop over tops", "images/s", q))
+    e = None
+    try:
+        import oslo_utils.imageutils.format_inspector  # noqa: F401
+    except ImportError:
+        print("benchmark: oslo.utils not installed; (e) skipped", file=sys.stderr)
+    else:
+        e = n / timed(oslo, images.files, max(1, args.repeat // 2))
+        rows.append(("(e) oslo format_inspector detect+safety_check", "images/s", e))
+
+    base_runs = [run_process([sys.executable, "-c", "import construct"], 1)[0] for _ in range(15)]
+    info_runs = [run_process([sys.executable, "-m", "imgchain", "info", images.tops[0]], 1)[0] for _ in range(15)]
+    base, info = statistics.median(base_runs), statistics.median(info_runs)
+
+    print(
+        f"\nimgchain benchmark: {n} images ({t} tops), {time.strftime('%Y-%m-%d')}, {os.uname().machine}, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
+    )
+    print(f"| {'measure':<52} | {'median':>12} | {'unit':<9} |")
+    print(f"|{'-' * 54}|{'-' * 14}|{'-' * 11}|")
+    for label, unit, rate in rows:
+        print(f"| {label:<52} | {rate:>12,.0f} | {unit:<9} |")
+    print(f"| {'imgchain info, one image, whole process':<52} | {info * 1000:>12.1f} | {'ms':<9} |")
+    label = 'python3 -c "import construct", whole process'
+    print(f"| {label:<52} | {base * 1000:>12.1f} | {'ms':<9} |")
+    print(f"| {'imgchain audit DIR, peak RSS':<52} | {audit_rss / 1024:>12.1f} | {'MiB':<9} |")
+
+    targets = [
+        ("(b) / (a), at least 1/3", b / a, b / a >= 1 / 3),
+        ("(d) audit / qemu-img loop, at least 50x", d / q, d / q >= 50),
+        ("(b) / (e) format_inspector, at least 10x", b / e if e else float("nan"), e is None or b / e >= 10),
+        ("info / import construct, at most 1.3x", info / base, info / base <= 1.3),
+        ("audit peak RSS, under 100 MiB", audit_rss / 1024, audit_rss / 1024 < 100),
+    ]
+    print(f"\n| {'ratio (same run)':<44} | {'value':>8} | {'target':<6} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 8}|")
+    for label, value, ok in targets:
+        print(f"| {label:<44} | {value:>8.2f} | {'met' if ok else 'MISSED':<6} |")
+    if not args.dir:
+        shutil.rmtree(root)
+    return 0 if all(ok for *_, ok in targets) else 1
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
+    sys.exit(main())
