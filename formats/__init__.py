@@ -16,7 +16,18 @@ from . import qcow2, qed, raw
 from ._base import DecodedImage, NeedBytes, Window
 from .foreign import sniff_foreign
 
-__all__ = ["PROBE_SIZE", "REGISTRY", "DecodedImage", "NeedBytes", "Window", "by_name", "names", "probe", "probe_name"]
+__all__ = [
+    "PROBE_SIZE",
+    "REGISTRY",
+    "DecodedImage",
+    "NeedBytes",
+    "Window",
+    "by_name",
+    "decoder_for",
+    "names",
+    "probe",
+    "probe_name",
+]
 
 #: Bytes read to probe a format, as the issue and qemu's probes need.
 PROBE_SIZE = 512
@@ -58,7 +69,11 @@ def probe(buf: bytes, filename: str | None = None) -> ModuleType:
     A file carrying the signature of a format qemu knows but imgchain does
     not decode is refused rather than called raw.
     """
-    name = probe_name(buf, filename)
+    return decoder_for(probe_name(buf, filename))
+
+
+def decoder_for(name: str) -> ModuleType:
+    """The decoder of a probed format name (see :func:`probe_name`)."""
     module = _BY_NAME.get(name)
     if module is None:
         raise UnsupportedFeatureError(

@@ -12,34 +12,30 @@ from __future__ import annotations
 __all__ = ["sniff_foreign"]
 
 
-def _at(buf: bytes, offset: int, magic: bytes) -> bool:
-    return buf[offset : offset + len(magic)] == magic
+#: (format, offset, signature), from each qemu driver's probe function.
+_SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
+    ("qcow", 0, b"QFI\xfb\x00\x00\x00\x01"),  # the qcow2 magic with version 1
+    ("vmdk", 0, b"KDMV"),
+    ("vmdk", 0, b"COWD"),
+    ("vmdk", 0, b"# Disk DescriptorFile"),
+    ("vpc", 0, b"conectix"),
+    ("vhdx", 0, b"vhdxfile"),
+    ("vdi", 64, b"\x7f\x10\xda\xbe"),
+    ("luks", 0, b"LUKS\xba\xbe\x00\x01"),  # with version 1
+    ("parallels", 0, b"WithoutFreeSpace\x02\x00\x00\x00"),  # with version 2
+    ("parallels", 0, b"WithouFreSpacExt\x02\x00\x00\x00"),
+    ("bochs", 0, b"Bochs Virtual HD Image\x00"),
+    ("cloop", 0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$IMAGE offset=32\n"),
+)
 
 
 def sniff_foreign(buf: bytes, filename: str | None = None) -> str | None:
     """The name of the qemu format whose signature ``buf`` starts with, or
     None.  qemu takes any non-empty file whose name ends in ``.dmg`` for a
     dmg image (it has no magic at the start), so a ``filename`` counts too."""
-    if _at(buf, 0, b"QFI\xfb") and int.from_bytes(buf[4:8], "big") == 1:
-        return "qcow"
-    if _at(buf, 0, b"KDMV") or _at(buf, 0, b"COWD") or _at(buf, 0, b"# Disk DescriptorFile"):
-        return "vmdk"
-    if _at(buf, 0, b"conectix"):
-        return "vpc"
-    if _at(buf, 0, b"vhdxfile"):
-        return "vhdx"
-    if _at(buf, 64, b"\x7f\x10\xda\xbe"):
-        return "vdi"
-    if _at(buf, 0, b"LUKS\xba\xbe\x00\x01"):
-        return "luks"
-    if (_at(buf, 0, b"WithoutFreeSpace") or _at(buf, 0, b"WithouFreSpacExt")) and int.from_bytes(
-        buf[16:20], "little"
-    ) == 2:
-        return "parallels"
-    if _at(buf, 0, b"Bochs Virtual HD Image\0"):
-        return "bochs"
-    if _at(buf, 0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$IMAGE offset=32\n"):
-        return "cloop"
+    for name, offset, signature in _SIGNATURES:
+        if buf.startswith(signature, offset):
+            return name
     if filename is not None and filename.endswith(".dmg") and buf:
         return "dmg"
     return None

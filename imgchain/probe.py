@@ -237,7 +237,7 @@ def read_image(
             raise ImageAccessError(path, "cannot read the first bytes")
         probed = formats.probe_name(first, path) if size else formats.raw.NAME
         if module is None:
-            module, source = formats.probe(first, path) if size else formats.raw, FormatSource.PROBED
+            module, source = formats.decoder_for(probed), FormatSource.PROBED
         elif source is None:
             source = FormatSource.GIVEN
         win = Window(first, size)
