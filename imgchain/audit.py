@@ -1,29 +1,48 @@
 """``imgchain audit``: findings for images and whole image stores.
 
-Each named path is an image or a directory (walked recursively; symlinked
-directories are not followed).  Every image is walked down its backing
-chain with the lenient walk, so that one broken image stops nothing but its
-own chain.  Each image is read once however many chains share it (a cache
-keyed by device and inode), and each finding is reported once, under the
-image it concerns.  The backing graph says which images are the bases of
-which overlays.
+The store is read as a graph, in two passes:
+
+1. every file under the named paths is read once (probed, or as ``-f``
+   declares it) into a small node: its format, what its content probes as,
+   its backing name and recorded format, and what is wrong with its header;
+2. from the named images, breadth first, each backing name is resolved to
+   a node (read once more only if it lies outside the named paths, and only
+   within ``max_depth`` layers of a named image): the edge's own problems
+   (a missing, special, outside-root, network or unrecorded-format backing
+   file; a content that does not probe as recorded) are found there.
+
+Then each named image's chain is followed along the edges for loops (by
+device and inode) and depth.  Every file is opened at most once per format
+it is asked for, whatever number of chains share it; every finding is
+reported once, under the image it concerns; memory is a node per image.
 
 Safety: headers only (no snapshot table, no bitmap directory), the probe's
 read cap per image, no FIFO or device ever opened, nothing executed; with
-roots, nothing outside them is even stat-ed.
+roots, nothing outside them is stat-ed or opened.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from imgchain.chain import MAX_DEPTH, Chain, resolve_chain
-from imgchain.errors import ImgChainError, OutsideRootError
-from imgchain.policy import Finding, Severity, chain_findings, outside_roots
-from imgchain.probe import FileInfo, FormatSource, Image, read_image
+from imgchain.chain import MAX_DEPTH
+from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError
+from imgchain.names import combine, protocol_of
+from imgchain.policy import (
+    Finding,
+    Severity,
+    error_finding,
+    finding,
+    header_findings,
+    mismatch_finding,
+    outside_roots,
+    unrecorded_finding,
+)
+from imgchain.probe import FileInfo, read_image, stat_image
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
 
@@ -43,7 +62,7 @@ class ImageEntry:
     path: str
     named: bool  #: found under a named path (not only reached through a chain)
     format: str | None = None
-    format_source: str | None = None
+    format_source: str | None = None  #: "given", "recorded" or "probed"
     probed_format: str | None = None
     virtual_size: int | None = None
     backing: str | None = None  #: the backing file's name as it resolves
@@ -93,51 +112,257 @@ def _walk_dir(top: str) -> Iterator[str]:
             continue  # vanished while we looked
 
 
-class _Reader:
-    """Reads each image once, keyed by device, inode and how it is asked for."""
+class _Node:
+    """One file read in one format: what the audit needs of it, nothing more."""
 
-    def __init__(self) -> None:
-        self.images: dict[tuple[int, int, str | None], Image] = {}
-        self.errors: dict[tuple[int, int, str | None], ImgChainError] = {}
+    __slots__ = (
+        "backing",
+        "backing_format",
+        "backing_name",
+        "dependents",
+        "depth",
+        "error",
+        "expanded",
+        "format",
+        "identity",
+        "named",
+        "next",
+        "path",
+        "probed",
+        "source",
+        "truncated",
+        "via",
+        "virtual_size",
+    )
 
-    def __call__(
-        self, path: str, fmt: str | None, *, source: FormatSource | None, tables: bool, info: FileInfo
-    ) -> Image:
-        key = (info.dev, info.ino, fmt)
-        cached = self.images.get(key)
-        if cached is not None:
-            return cached
-        error = self.errors.get(key)
-        if error is not None:
-            raise _copy_error(error, path)
+    def __init__(self, path: str, identity: tuple[int, int] | None, source: str) -> None:
+        self.path = path
+        self.identity = identity
+        self.source = source
+        self.named = False
+        self.depth = 0
+        self.via: _Node | None = None
+        self.next: _Node | None = None
+        self.format: str | None = None
+        self.probed: str | None = None
+        self.virtual_size: int | None = None
+        self.backing_name: str | None = None
+        self.backing: str | None = None
+        self.backing_format: str | None = None
+        self.error: ImgChainError | None = None
+        self.dependents: list[str] | None = None
+        self.expanded = False
+        self.truncated = False
+
+    def chain(self) -> tuple[str, ...]:
+        """The layers from a named image down to this one."""
+        names: list[str] = []
+        node: _Node | None = self
+        while node is not None and len(names) <= MAX_DEPTH * 2:
+            names.append(node.path)
+            node = node.via
+        return tuple(reversed(names))
+
+
+class _Audit:
+    def __init__(self, fmt: str | None, roots: tuple[str, ...], max_depth: int) -> None:
+        self.fmt = fmt
+        self.roots = roots
+        self.max_depth = max_depth
+        self.nodes: dict[tuple[tuple[int, int], str | None], _Node] = {}
+        self.order: list[_Node] = []  # every node, in the order first read
+        self.findings: dict[tuple[object, ...], Finding] = {}
+
+    # -- findings --------------------------------------------------------------------------
+
+    def add(self, f: Finding, *key: object) -> None:
+        """Keep ``f`` once: by ``key`` when given, else by code, image and message."""
+        k = (f.code, *key) if key else (f.code, f.image, f.message)
+        old = self.findings.get(k)
+        if old is None or len(f.chain) < len(old.chain):
+            self.findings[k] = f
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def node(self, path: str, info: FileInfo, fmt: str | None, source: str, via: _Node | None) -> _Node:
+        """The node of ``info``'s file read as ``fmt`` (None: probed), read
+        now if it has not been yet."""
+        key = (info.identity, fmt)
+        node = self.nodes.get(key)
+        if node is None and fmt is not None:
+            probed = self.nodes.get((info.identity, None))
+            if probed is not None and probed.probed == fmt and probed.error is None:
+                node = probed  # the same reading
+        if node is not None:
+            return node
+        node = _Node(path, info.identity, source)
+        node.via = via
+        node.depth = via.depth + 1 if via is not None else 0
+        self.nodes[key] = node
+        self.order.append(node)
+        chain = node.chain()
         try:
-            image = read_image(path, fmt, source=source, tables=False, info=info)
+            image = read_image(path, fmt, tables=False, info=info)
+        except FormatError as exc:
+            node.error = exc
+            node.probed = exc.probed_format
+            if fmt is not None and exc.probed_format not in (None, fmt):
+                by = "-f" if via is None else repr(via.path)
+                self.add(mismatch_finding(path, fmt, by, exc.probed_format, None, chain, str(exc)), info.identity, fmt)
+            else:
+                self.add(error_finding(exc, path, None, chain), info.identity)
+            return node
         except ImgChainError as exc:
-            self.errors[key] = exc
-            raise
-        self.images[key] = image
-        return image
+            node.error = exc
+            self.add(error_finding(exc, path, None, chain), info.identity)
+            return node
+        d = image.decoded
+        node.format, node.probed, node.virtual_size = image.format, image.probed_format, d.virtual_size
+        node.backing_name, node.backing_format = d.backing_filename, d.backing_format
+        if d.backing_filename is not None:
+            node.backing = combine(path, d.backing_filename)
+        for f in header_findings(path, d, chain, self.roots):
+            self.add(f, info.identity, f.message)
+        if fmt is not None and image.probed_format != fmt:
+            by = "-f" if via is None else repr(via.path)
+            self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), info.identity, fmt)
+        return node
 
+    def stat(self, path: str, owner: _Node | None) -> FileInfo | None:
+        """``stat`` a would-be image, or record why it cannot be one."""
+        try:
+            if self.roots and outside_roots(path, self.roots):
+                raise OutsideRootError(
+                    path, f"resolves to {os.path.realpath(path)!r}, outside every --root; not opened"
+                )
+            return stat_image(path)
+        except ChainError as exc:
+            chain = (*owner.chain(), path) if owner is not None else (path,)
+            owner_path = owner.path if owner is not None else None
+            self.add(error_finding(exc, path, owner_path, chain), owner_path or path, path)
+            return None
 
-def _copy_error(error: ImgChainError, path: str) -> ImgChainError:
-    """The cached error again, for a new walk to fill in its own context."""
-    clone = error.__class__.__new__(error.__class__)
-    clone.__dict__.update(error.__dict__)
-    clone.args = error.args
-    clone.path = path
-    clone.referrer = None
-    return clone
+    # -- the two passes ---------------------------------------------------------------------------
 
+    def read_named(self, path: str) -> _Node | None:
+        info = self.stat(path, None)
+        if info is None:
+            return None
+        node = self.node(path, info, self.fmt, "given" if self.fmt else "probed", None)
+        node.named = True
+        node.depth = 0
+        node.via = None
+        return node
 
-def _guard(roots: tuple[str, ...]) -> Callable[[str], None] | None:
-    if not roots:
-        return None
+    def expand(self, node: _Node) -> None:
+        """Resolve ``node``'s backing name to a node (the edge), with the
+        edge's findings."""
+        node.expanded = True
+        name, full = node.backing_name, node.backing
+        if name is None or full is None or node.error is not None:
+            return
+        if node.depth + 1 >= self.max_depth:
+            node.truncated = True  # the chain goes on past the depth limit
+            return
+        recorded = node.backing_format
+        protocol = protocol_of(full)
+        if protocol is not None:
+            from imgchain.backing_name import BackingNameError, LocalPath, parse_backing_name
 
-    def check(path: str) -> None:
-        if outside_roots(path, roots):
-            raise OutsideRootError(path, f"resolves to {os.path.realpath(path)!r}, outside every --root; not opened")
+            try:
+                parsed = parse_backing_name(full)
+            except BackingNameError as exc:
+                self.add(error_finding(exc, full, node.path, (*node.chain(), full)), node.path, full)
+                return
+            if not isinstance(parsed.source, LocalPath):
+                message = f"backing file {full!r} is a {protocol} source, which cannot be verified offline"
+                self.add(finding("backing-network", node.path, (*node.chain(), full), message, target=full))
+                if recorded is None and parsed.format is None:
+                    self.add(unrecorded_finding(node.path, node.format or "", name, None, False, (*node.chain(), full)))
+                return
+            full, recorded = parsed.source.path, recorded or parsed.format
+        info = self.stat(full, node)
+        if info is None:
+            return
+        source = "recorded" if recorded is not None else "probed"
+        target = self.node(full, info, recorded, source, node)
+        if recorded is None:
+            nested = target.backing_name is not None
+            chain = (*node.chain(), full)
+            self.add(unrecorded_finding(node.path, node.format or "", name, target.probed, nested, chain))
+        node.next = target
+        if target.dependents is None:
+            target.dependents = []
+        if node.path not in target.dependents:
+            target.dependents.append(node.path)
 
-    return check
+    def chains(self, named: list[_Node]) -> None:
+        """Follow each named image's chain along the edges: loops and depth."""
+        loop = -1
+        length: dict[int, int] = {}
+        reported: set[frozenset[int]] = set()
+        for top in named:
+            path: list[_Node] = []
+            seen: dict[int, int] = {}
+            node: _Node | None = top
+            while node is not None and id(node) not in length and id(node) not in seen:
+                seen[id(node)] = len(path)
+                path.append(node)
+                node = node.next
+            if node is None:
+                tail = 0
+            elif id(node) in length:
+                tail = length[id(node)]
+            else:  # back to a node of this very walk: a loop
+                start = seen[id(node)]
+                cycle = frozenset(id(n) for n in path[start:])
+                if cycle not in reported:
+                    reported.add(cycle)
+                    closing = path[-1]
+                    again = closing.backing or node.path
+                    message = f"backing file {again!r} is {node.path!r} again (same device and inode): the chain loops"
+                    chain = (*(n.path for n in path), again)
+                    self.add(finding("backing-loop", closing.path, chain, message, target=again), cycle)
+                for n in path[start:]:
+                    length[id(n)] = loop
+                path = path[:start]
+                tail = loop
+            for n in reversed(path):
+                if tail != loop:
+                    tail = self.max_depth + 1 if n.truncated else tail + 1
+                length[id(n)] = tail
+            total = length[id(top)]
+            if total > self.max_depth:
+                message = f"the chain has more than {self.max_depth} layers (--max-depth)"
+                self.add(finding("backing-too-deep", top.path, (top.path,), message), top.path)
+
+    def report(self) -> AuditReport:
+        entries: dict[tuple[int, int] | str, ImageEntry] = {}
+        for node in self.order:
+            key: tuple[int, int] | str = node.identity if node.identity is not None else node.path
+            entry = entries.get(key)
+            if entry is None:
+                entry = entries[key] = ImageEntry(
+                    path=node.path,
+                    named=node.named,
+                    format=node.format,
+                    format_source=node.source if node.error is None else None,
+                    probed_format=node.probed,
+                    virtual_size=node.virtual_size,
+                    backing=node.backing,
+                    backing_format=node.backing_format,
+                )
+            entry.named = entry.named or node.named
+            for d in node.dependents or ():
+                if d not in entry.dependents:
+                    entry.dependents.append(d)
+        by_path = {e.path: e for e in entries.values()}
+        findings = sorted(self.findings.values(), key=lambda f: (-f.severity, f.image, f.code, f.message))
+        for f in findings:
+            entry = by_path.get(f.image)
+            if entry is not None and (entry.worst is None or f.severity > entry.worst):
+                entry.worst = f.severity
+        return AuditReport(sorted(entries.values(), key=lambda e: e.path), findings)
 
 
 def audit(
@@ -146,78 +371,27 @@ def audit(
     *,
     roots: Iterable[str] = (),
     max_depth: int = MAX_DEPTH,
-    on_image: Callable[[int], None] | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Audit every image under ``paths``.  ``fmt`` declares the format of
-    the named images, as a VM definition would.  ``on_image`` is called
-    with the count of images done so far (for a progress display)."""
-    real_roots = tuple(os.path.realpath(r) for r in roots)
-    guard = _guard(real_roots)
-    reader = _Reader()
-    entries: dict[str, ImageEntry] = {}
-    ids: dict[tuple[int, int], str] = {}  # identity -> the entry's path
-    kept: dict[tuple[object, ...], Finding] = {}
-    for done, top in enumerate(discover(paths), 1):
-        walk = resolve_chain(top, fmt, max_depth=max_depth, strict=False, tables=False, read=reader, guard=guard)
-        _record(walk, top, entries, ids)
-        for finding in chain_findings(walk, top, real_roots):
-            key = _key(finding, ids)
-            old = kept.get(key)
-            if old is None or len(finding.chain) < len(old.chain):
-                kept[key] = finding
+    the named images, as a VM definition would.  ``on_image(done, total)``
+    is called as the named images are read (for a progress display)."""
+    run = _Audit(fmt, tuple(os.path.realpath(r) for r in roots), max_depth)
+    files = list(discover(paths))
+    named: list[_Node] = []
+    for done, path in enumerate(files, 1):
+        node = run.read_named(path)
+        if node is not None:
+            named.append(node)
         if on_image is not None:
-            on_image(done)
-    findings = sorted(kept.values(), key=lambda f: (-f.severity, f.image, f.code, f.message))
-    for f in findings:
-        identity = _identity(f.image)
-        entry = entries.get(ids.get(identity, f.image) if identity is not None else f.image)
-        if entry is not None and (entry.worst is None or f.severity > entry.worst):
-            entry.worst = f.severity
-    return AuditReport(sorted(entries.values(), key=lambda e: e.path), findings)
-
-
-def _key(finding: Finding, ids: dict[tuple[int, int], str]) -> tuple[object, ...]:
-    """What makes two findings the same: the code, the image (by identity),
-    and what it points at (by identity where it exists), else the message."""
-    owner = _identity(finding.image) or finding.image
-    target = finding.details.get("target")
-    if target is not None:
-        return (finding.code, owner, _identity(target) or target)
-    return (finding.code, owner, finding.message)
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _record(walk: Chain, top: str, entries: dict[str, ImageEntry], ids: dict[tuple[int, int], str]) -> None:
-    """Add the walk's images to the report (each once) and its edges to the graph."""
-    previous: ImageEntry | None = None
-    for i, layer in enumerate(walk.layers):
-        identity = layer.image.file.identity
-        path = ids.get(identity)
-        if path is None:
-            path = layer.filename
-            ids[identity] = path
-            d = layer.image.decoded
-            entries[path] = ImageEntry(
-                path=path,
-                named=i == 0,
-                format=layer.format,
-                format_source=layer.image.format_source.value,
-                probed_format=layer.image.probed_format,
-                virtual_size=d.virtual_size,
-                backing=layer.full_backing_filename,
-                backing_format=d.backing_format,
-            )
-        entry = entries[path]
-        entry.named = entry.named or i == 0
-        if previous is not None and previous.path not in entry.dependents:
-            entry.dependents.append(previous.path)
-        previous = entry
-    if not walk.layers:  # the top itself could not be read: still an image of the store
-        entries.setdefault(top, ImageEntry(path=top, named=True))
+            on_image(done, len(files))
+    queue = deque(named)
+    while queue:
+        node = queue.popleft()
+        if node.expanded:
+            continue
+        run.expand(node)
+        if node.next is not None and not node.next.expanded:
+            queue.append(node.next)
+    run.chains(named)
+    return run.report()

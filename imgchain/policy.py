@@ -2,8 +2,9 @@
 
 Every finding has a stable kebab-case code from :data:`CODES`, which also
 holds what each code means, why it matters and how to fix it (the README's
-table is checked against it).  Nothing here does I/O: the audit
-(``imgchain.audit``) walks the chains and asks this module what they mean.
+table is checked against it).  Nothing here does I/O (but resolving a path
+against the roots): the audit (``imgchain.audit``) walks the images and their
+chains and asks this module to word what it finds.
 """
 
 from __future__ import annotations
@@ -13,22 +14,29 @@ import os
 from dataclasses import dataclass, field
 
 from imgchain.backing_name import BackingNameError
-from imgchain.chain import Chain, Layer
 from imgchain.errors import (
-    BackingLoopError,
     BackingMissingError,
-    ChainTooDeepError,
     FormatError,
-    ImageAccessError,
     ImgChainError,
     NotRegularFileError,
     OutsideRootError,
     UnsupportedFeatureError,
 )
-from imgchain.formats import qcow2
-from imgchain.probe import FormatSource
+from imgchain.formats import DecodedImage, qcow2
 
-__all__ = ["CODES", "Code", "Finding", "Severity", "chain_findings", "outside_roots"]
+__all__ = [
+    "CODES",
+    "Code",
+    "Finding",
+    "Severity",
+    "data_file_path",
+    "error_finding",
+    "finding",
+    "header_findings",
+    "mismatch_finding",
+    "outside_roots",
+    "unrecorded_finding",
+]
 
 
 class Severity(enum.IntEnum):
@@ -187,7 +195,8 @@ class Finding:
     details: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-def _finding(code: str, image: str, chain: tuple[str, ...], message: str, **details: str) -> Finding:
+def finding(code: str, image: str, chain: tuple[str, ...], message: str, **details: str) -> Finding:
+    """A finding of ``code``, with its usual severity."""
     return Finding(code, CODES[code].severity, image, chain, message, dict(details))
 
 
@@ -198,54 +207,47 @@ def outside_roots(path: str, roots: tuple[str, ...]) -> bool:
     return not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def _data_file_path(image_path: str, name: str) -> str:
+def data_file_path(image_path: str, name: str) -> str:
+    """Where a relative data file name points: beside its image."""
     return name if name.startswith("/") else os.path.join(os.path.dirname(image_path) or ".", name)
 
 
-def layer_findings(layer: Layer, chain: tuple[str, ...], roots: tuple[str, ...]) -> list[Finding]:
-    """What is wrong with one image by itself: its own header's bits and data file."""
-    d = layer.image.decoded
+def header_findings(path: str, d: DecodedImage, chain: tuple[str, ...], roots: tuple[str, ...]) -> list[Finding]:
+    """What is wrong with one image by itself: its header's bits and data file."""
     out = []
-    name = layer.filename
     if d.corrupt:
-        out.append(_finding("image-corrupt", name, chain, "the qcow2 corrupt bit is set"))
+        out.append(finding("image-corrupt", path, chain, "the qcow2 corrupt bit is set"))
     if d.dirty:
         what = "the qcow2 dirty bit is set" if isinstance(d, qcow2.Qcow2Image) else "the QED need-check bit is set"
-        out.append(_finding("image-dirty", name, chain, f"{what}: the image was not closed cleanly"))
+        out.append(finding("image-dirty", path, chain, f"{what}: the image was not closed cleanly"))
     if isinstance(d, qcow2.Qcow2Image) and (d.has_data_file or d.data_file is not None):
         target = d.data_file or ""
-        out.append(
-            _finding(
-                "external-data-file",
-                name,
-                chain,
-                f"the data lives in an external data file {target!r}"
-                if target
-                else "the external data file bit is set but no data file is named",
-                data_file=target,
-            )
+        message = (
+            f"the data lives in an external data file {target!r}"
+            if target
+            else "the external data file bit is set but no data file is named"
         )
-        if target and roots and outside_roots(_data_file_path(name, target), roots):
-            out.append(
-                _finding(
-                    "backing-outside-root",
-                    name,
-                    chain,
-                    f"its data file {target!r} resolves to {os.path.realpath(_data_file_path(name, target))!r}, "
-                    "outside every --root",
-                    target=target,
-                )
-            )
+        out.append(finding("external-data-file", path, chain, message, data_file=target))
+        if target and roots and outside_roots(data_file_path(path, target), roots):
+            real = os.path.realpath(data_file_path(path, target))
+            message = f"its data file {target!r} resolves to {real!r}, outside every --root"
+            out.append(finding("backing-outside-root", path, chain, message, target=target))
     return out
 
 
-def _mismatch(layer: Layer, chain: tuple[str, ...], declared_by: str) -> Finding | None:
-    image = layer.image
-    if image.probed_format == image.format:
-        return None
-    message = f"declared {image.format} by {declared_by}, but the content probes as {image.probed_format}"
-    details = {"declared": image.format, "content": image.probed_format}
-    content = image.content
+def mismatch_finding(
+    path: str,
+    declared: str,
+    declared_by: str,
+    probed: str,
+    content: DecodedImage | FormatError | None,
+    chain: tuple[str, ...],
+    reason: str | None = None,
+) -> Finding:
+    """An image declared ``declared`` (by ``declared_by``) whose content
+    probes as ``probed``; ``content`` is what a prober would decode."""
+    message = f"declared {declared} by {declared_by}, but the content probes as {probed}"
+    details = {"declared": declared, "content": probed}
     if content is not None and not isinstance(content, FormatError):
         opens = []
         if content.backing_filename:
@@ -256,96 +258,49 @@ def _mismatch(layer: Layer, chain: tuple[str, ...], declared_by: str) -> Finding
             details["would_open_data_file"] = content.data_file
         if opens:
             message += f": a host that probes it would open {' and '.join(opens)}"
-    return _finding("format-probe-mismatch", layer.filename, chain, message, **details)
+    if reason is not None:
+        message += f" ({reason})"
+    return finding("format-probe-mismatch", path, chain, message, **details)
 
 
-def _unrecorded(overlay: Layer, backing: Layer | None, chain: tuple[str, ...]) -> Finding:
-    nested = backing is not None and backing.image.decoded.backing_filename is not None
-    message = f"backing file {overlay.backing_filename!r} has no recorded format, so opening it needs probing"
-    if backing is not None:
-        message += f" (it probes as {backing.image.probed_format})"
-    if overlay.format == "qed":
+def unrecorded_finding(
+    overlay: str, overlay_format: str, name: str, probed: str | None, nested: bool, chain: tuple[str, ...]
+) -> Finding:
+    """An overlay that names ``name`` as its backing file without its format;
+    ``probed`` is what that file probes as, ``nested`` whether it has a
+    backing file of its own."""
+    message = f"backing file {name!r} has no recorded format, so opening it needs probing"
+    if probed is not None:
+        message += f" (it probes as {probed})"
+    if overlay_format == "qed":
         # QED can record one backing format only (raw, by its no-probe bit):
         # an overlay on anything else cannot do better, so it stays a warning.
         message += "; a qed overlay can record no format but raw"
         if nested:
             message += ", and libvirt refuses to probe a backing file that has a backing file of its own"
-        return _finding("backing-format-unrecorded", overlay.filename, chain, message)
-    f = _finding("backing-format-unrecorded", overlay.filename, chain, message)
+        return finding("backing-format-unrecorded", overlay, chain, message)
     if nested:
         message += "; the probed backing file has a backing file of its own, which libvirt refuses to probe"
-        f = Finding(f.code, Severity.ERROR, f.image, f.chain, message, f.details)
-    return f
+        return Finding("backing-format-unrecorded", Severity.ERROR, overlay, chain, message, {})
+    return finding("backing-format-unrecorded", overlay, chain, message)
 
 
-def _error_finding(exc: ImgChainError, chain: tuple[str, ...], top: str) -> Finding:
-    """The finding for what stopped a walk."""
-    path = exc.path or top
-    overlay = exc.referrer
-    owner = overlay or path
+def error_finding(exc: ImgChainError, path: str, owner: str | None, chain: tuple[str, ...]) -> Finding:
+    """The finding for an error met at ``path`` (named as backing file by
+    ``owner``, or named directly when ``owner`` is None)."""
     reason = str(exc)
     if isinstance(exc, OutsideRootError):
-        message = f"backing file {path!r} {reason}" if overlay is not None else f"the image {reason}"
-        return _finding("backing-outside-root", owner, chain, message, target=path)
-    if isinstance(exc, BackingLoopError):
-        return _finding("backing-loop", owner, chain, f"backing file {path!r} {reason}", target=path)
+        message = f"backing file {path!r} {reason}" if owner is not None else f"the image {reason}"
+        return finding("backing-outside-root", owner or path, chain, message, target=path)
     if isinstance(exc, BackingMissingError):
-        return _finding("backing-missing", owner, chain, f"backing file {path!r} does not exist", target=path)
-    if isinstance(exc, ChainTooDeepError):
-        return _finding("backing-too-deep", top, chain, reason)
+        if owner is None:
+            return finding("image-unreadable", path, chain, reason)
+        return finding("backing-missing", owner, chain, f"backing file {path!r} does not exist", target=path)
     if isinstance(exc, NotRegularFileError):
-        return _finding("backing-not-regular", owner, chain, f"{path!r} is {reason}", target=path)
+        return finding("backing-not-regular", owner or path, chain, f"{path!r} is {reason}", target=path)
     if isinstance(exc, BackingNameError):
-        return _finding("backing-name-invalid", owner, chain, reason)
+        return finding("backing-name-invalid", owner or path, chain, reason)
     if isinstance(exc, FormatError):
-        declared = exc.probed_format is not None and exc.probed_format != exc.fmt and exc.fmt != "luks"
-        if declared and (overlay is not None or path == top):
-            who = f"{overlay!r}" if overlay is not None else "-f"
-            message = f"declared {exc.fmt} by {who}, but the content probes as {exc.probed_format} ({reason})"
-            return _finding(
-                "format-probe-mismatch", path, chain, message, declared=exc.fmt, content=str(exc.probed_format)
-            )
         code = "unsupported-feature" if isinstance(exc, UnsupportedFeatureError) else "malformed-header"
-        return _finding(code, path, chain, reason)
-    if isinstance(exc, ImageAccessError):
-        return _finding("image-unreadable", path, chain, reason)
-    return _finding("image-unreadable", path, chain, reason)
-
-
-def chain_findings(walk: Chain, top: str, roots: tuple[str, ...]) -> list[Finding]:
-    """Every finding along one walked chain, top first.  Findings about one
-    image are repeated for every chain it is in: the audit keeps each once."""
-    out: list[Finding] = []
-    names = [layer.filename for layer in walk.layers]
-    for i, layer in enumerate(walk.layers):
-        chain = tuple(names[: i + 1])
-        out.extend(layer_findings(layer, chain, roots))
-        source = layer.image.format_source
-        if source is not FormatSource.PROBED:
-            declared_by = "-f" if source is FormatSource.GIVEN else repr(names[i - 1])
-            mismatch = _mismatch(layer, chain, declared_by)
-            if mismatch is not None:
-                out.append(mismatch)
-        if layer.backing_filename is not None and layer.image.decoded.backing_format is None:
-            backing = walk.layers[i + 1] if i + 1 < len(walk.layers) else None
-            # (a json: backing name may record the format itself)
-            if backing is None or backing.image.format_source is not FormatSource.RECORDED:
-                out.append(_unrecorded(layer, backing, (*chain, layer.full_backing_filename or "")))
-    if walk.remote is not None:
-        last = walk.layers[-1]
-        chain = (*names, walk.remote.filename)
-        out.append(
-            _finding(
-                "backing-network",
-                last.filename,
-                chain,
-                f"backing file {walk.remote.filename!r} is a {walk.remote.protocol} source, "
-                "which cannot be verified offline",
-                target=walk.remote.filename,
-            )
-        )
-    if walk.error is not None:
-        target = walk.error.path
-        chain = tuple(names) + ((target,) if target is not None and target not in names[-1:] else ())
-        out.append(_error_finding(walk.error, chain, top))
-    return out
+        return finding(code, path, chain, reason)
+    return finding("image-unreadable", path, chain, reason)
