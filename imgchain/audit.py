@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from imgchain.chain import MAX_DEPTH
-from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError
+from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError, PathError
 from imgchain.names import combine, protocol_of
 from imgchain.policy import (
     Finding,
@@ -45,14 +45,6 @@ from imgchain.policy import (
 from imgchain.probe import FileInfo, read_image, stat_image
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
-
-
-class PathError(ImgChainError):
-    """A path named on the command line that cannot be audited (exit 2)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(reason)
-        self.path = path
 
 
 @dataclass(slots=True)
@@ -267,11 +259,11 @@ class _Audit:
         recorded = node.backing_format
         protocol = protocol_of(full)
         if protocol is not None:
-            from imgchain.backing_name import BackingNameError, LocalPath, parse_backing_name
+            from imgchain.backing_name import LocalPath, parse_backing_name
 
             try:
                 parsed = parse_backing_name(full)
-            except BackingNameError as exc:
+            except ImgChainError as exc:
                 self.add(error_finding(exc, full, node.path, (*node.chain(), full)), node.path, full)
                 return
             if not isinstance(parsed.source, LocalPath):

@@ -15,12 +15,8 @@ How a name is dispatched (``virStorageSourceNewFromBackingAbsolute``)::
     anything containing "://"         _parse_uri_source          (virStorageSourceParseBackingURI)
     nbd:... / rbd:...                 _parse_nbd_colon / _parse_rbd_colon
 
-Errors::
-
-    ImgChainError
-    └─ BackingNameError(ValueError)   the name is malformed, or libvirt would refuse it
-
-``str(error)`` is one line, the reason followed by the name through ``!r``
+Errors: :class:`imgchain.errors.BackingNameError` (the name is malformed,
+or libvirt would refuse it).  ``str(error)`` is one line, the reason followed by the name through ``!r``
 with credentials masked (URL user info, rbd ``key=``, json passwords).
 
 Credentials are never kept: a URL's user info, rbd ``id=``/``key=``, json
@@ -39,14 +35,13 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 from urllib.parse import unquote
 
-from imgchain.errors import ImgChainError
+from imgchain.errors import BackingNameError
 from imgchain.names import protocol_of, strip_file_protocol
 
 __all__ = [
     "PROTOCOLS",
     "TRANSPORTS",
     "BackingName",
-    "BackingNameError",
     "DirSource",
     "Host",
     "LocalPath",
@@ -81,7 +76,9 @@ class NetworkSource:
     snapshot: str | None = None
     config: str | None = None
     query: str | None = None
-    has_credentials: bool = False
+    #: Whether the name held credentials (never kept).  Not compared: the
+    #: same source read back from XML, where none are written, is equal.
+    has_credentials: bool = dataclasses.field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +105,10 @@ class Parsed:
     format: str | None = None  # the format driver a json: name wraps its file in, else None
 
 
-class BackingNameError(ImgChainError, ValueError):
-    """A backing name that is malformed or that libvirt refuses.
-
-    ``reason`` says what is wrong; ``backing_name`` is the name with any
-    credentials masked.
-    """
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.reason = reason
-        self.backing_name = _redact(name)
-        super().__init__(f"{reason}: {_clip(self.backing_name)!r}")
+def _refused(name: str, reason: str) -> BackingNameError:
+    """The error for a refused name: credentials masked, the name clipped."""
+    masked = _redact(name)
+    return BackingNameError(masked, reason, shown=_clip(masked))
 
 
 # --------------------------------------------------------------------------
@@ -195,12 +185,12 @@ def parse_backing_name(name: str) -> Parsed:
     :class:`BackingNameError`, and nothing else, for anything malformed.
     """
     if not isinstance(name, str):
-        raise BackingNameError(repr(name), f"backing name is a {type(name).__name__}, not a str")
+        raise _refused(repr(name), f"backing name is a {type(name).__name__}, not a str")
     if not name:
-        raise BackingNameError(name, "empty backing name")
+        raise _refused(name, "empty backing name")
     if "\x00" in name:
         # libvirt and qemu hold names as C strings: a NUL would cut the name short.
-        raise BackingNameError(name, "backing name contains a NUL character")
+        raise _refused(name, "backing name contains a NUL character")
 
     protocol = protocol_of(name)
     if protocol is None:
@@ -208,13 +198,13 @@ def parse_backing_name(name: str) -> Parsed:
     if protocol == "file":
         path = strip_file_protocol(name)
         if not path:
-            raise BackingNameError(name, "'file:' names no file")
+            raise _refused(name, "'file:' names no file")
         return Parsed(LocalPath(path))
     if protocol == "fat":
         # libvirt takes everything after "fat:" as the directory; qemu's
         # vvfat options (floppy:, rw:, 12:/16:/32:) stay part of it.
         if name == "fat:":
-            raise BackingNameError(name, "'fat:' names no directory")
+            raise _refused(name, "'fat:' names no directory")
         return Parsed(DirSource(name[4:]))
     if protocol == "json":
         return _parse_json(name)
@@ -255,9 +245,9 @@ def _finish(name: str, draft: _Draft) -> NetworkSource:
     for h in draft.hosts:
         if h.transport in ("tcp", "rdma") and not h.name:
             # libvirt would keep a host without a name; it cannot be reached.
-            raise BackingNameError(name, f"{draft.protocol}: no host name")
+            raise _refused(name, f"{draft.protocol}: no host name")
         if h.transport == "unix" and not h.socket:
-            raise BackingNameError(name, f"{draft.protocol}: unix transport without a socket path")
+            raise _refused(name, f"{draft.protocol}: unix transport without a socket path")
         port: int | None = h.port or None
         if port is None and h.transport == "tcp":
             port = default_port(draft.protocol)
@@ -279,10 +269,10 @@ def _finish(name: str, draft: _Draft) -> NetworkSource:
 def _parse_port(name: str, text: str) -> int:
     """virStringParsePort, stricter: ASCII digits only, 0..65535."""
     if not (text.isascii() and text.isdigit()):
-        raise BackingNameError(name, f"port {_clip(text)!r} is not an integer 0..65535")
+        raise _refused(name, f"port {_clip(text)!r} is not an integer 0..65535")
     significant = text.lstrip("0") or "0"
     if len(significant) > 5 or int(significant) > 65535:
-        raise BackingNameError(name, f"port {_clip(text)!r} is outside 0..65535")
+        raise _refused(name, f"port {_clip(text)!r} is outside 0..65535")
     return int(significant)
 
 
@@ -331,7 +321,7 @@ def _unescape(name: str, text: str) -> str:
     """xmlURIUnescapeString: %XX to bytes; bytes that are not UTF-8 kept as surrogates."""
     out = unquote(text, errors="surrogateescape")
     if "\x00" in out:
-        raise BackingNameError(name, "URL escapes a NUL character (%00)")
+        raise _refused(name, "URL escapes a NUL character (%00)")
     return out
 
 
@@ -410,13 +400,13 @@ def _parse_uri_source(name: str, text: str) -> _Draft:
     uri = _parse_uri(name, text)
     protocol, plus, transport = uri.scheme.partition("+")
     if protocol not in _DEFAULT_PORTS:
-        raise BackingNameError(name, f"unknown protocol {_clip(protocol)!r}")
+        raise _refused(name, f"unknown protocol {_clip(protocol)!r}")
     draft = _Draft(protocol=protocol)
     host = _HostDraft()
     draft.hosts.append(host)
     if plus:
         if transport not in TRANSPORTS:
-            raise BackingNameError(name, f"unknown transport {_clip(transport)!r} (tcp, unix, rdma)")
+            raise _refused(name, f"unknown transport {_clip(transport)!r} (tcp, unix, rdma)")
         host.transport = transport
 
     if uri.query is not None:
@@ -435,9 +425,9 @@ def _parse_uri_source(name: str, text: str) -> _Draft:
     if protocol == "gluster":
         volume, slash, file = path.partition("/")
         if not path:
-            raise BackingNameError(name, "gluster: no volume name and path")
+            raise _refused(name, "gluster: no volume name and path")
         if not slash or not volume:
-            raise BackingNameError(name, "gluster: the path needs a volume name and a file name (/VOLUME/FILE)")
+            raise _refused(name, "gluster: the path needs a volume name and a file name (/VOLUME/FILE)")
         draft.volume, draft.path = volume, file
 
     host.port = uri.port
@@ -457,10 +447,10 @@ def _parse_colon(name: str) -> _Draft:
     if protocol == "rbd":
         return _parse_rbd_colon(name, name)
     if protocol == "sheepdog":
-        raise BackingNameError(name, "libvirt has no parser for the 'sheepdog:' syntax (use sheepdog://HOST/VDI)")
+        raise _refused(name, "libvirt has no parser for the 'sheepdog:' syntax (use sheepdog://HOST/VDI)")
     if protocol in _DEFAULT_PORTS:
-        raise BackingNameError(name, f"protocol {protocol!r} needs a URL ({protocol}://...)")
-    raise BackingNameError(name, f"unknown protocol {_clip(protocol)!r}")
+        raise _refused(name, f"protocol {protocol!r} needs a URL ({protocol}://...)")
+    raise _refused(name, f"unknown protocol {_clip(protocol)!r}")
 
 
 def _parse_nbd_colon(name: str) -> _Draft:
@@ -526,11 +516,11 @@ def _parse_rbd_colon(name: str, text: str) -> _Draft:
     if slash:
         draft.volume, draft.path = pool, rest
         if not pool:
-            raise BackingNameError(name, "rbd: empty pool name")
+            raise _refused(name, "rbd: empty pool name")
     else:
         draft.path = image
     if not draft.path:
-        raise BackingNameError(name, "rbd: no image name")
+        raise _refused(name, "rbd: no image name")
     if not has_options:
         return draft
 
@@ -539,7 +529,7 @@ def _parse_rbd_colon(name: str, text: str) -> _Draft:
         key, _, value = option.partition("=")
         if key == "id":
             if seen_id:
-                raise BackingNameError(name, "rbd: duplicate 'id'")
+                raise _refused(name, "rbd: duplicate 'id'")
             seen_id = True
             draft.credentials = True
         elif key == "mon_host":
@@ -591,19 +581,19 @@ def _rbd_host(name: str, hostport: str) -> _HostDraft:
     if "]" in hostport:
         close = hostport.index("]")
         if not hostport.startswith("["):
-            raise BackingNameError(name, f"rbd: bad monitor host {_clip(hostport)!r}")
+            raise _refused(name, f"rbd: bad monitor host {_clip(hostport)!r}")
         host, tail = hostport[1:close], hostport[close + 1 :]
         if tail.startswith("\\:"):
             port = _parse_port(name, tail[2:])
         elif tail:
-            raise BackingNameError(name, f"rbd: bad monitor host {_clip(hostport)!r}")
+            raise _refused(name, f"rbd: bad monitor host {_clip(hostport)!r}")
     else:
         host, escaped_colon, tail = hostport.partition("\\:")
         if escaped_colon:
             port = _parse_port(name, tail)
     host = host.replace("\\:", ":")
     if not host or "[" in host:
-        raise BackingNameError(name, f"rbd: bad monitor host {_clip(hostport)!r}")
+        raise _refused(name, f"rbd: bad monitor host {_clip(hostport)!r}")
     return _HostDraft(name=host, port=port, transport="tcp")
 
 
@@ -656,15 +646,15 @@ def _parse_json(name: str) -> Parsed:
     try:
         root = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_JsonFloat)
     except json.JSONDecodeError as e:
-        raise BackingNameError(name, f"json: not valid JSON: {e.msg} at offset {e.pos}") from None
+        raise _refused(name, f"json: not valid JSON: {e.msg} at offset {e.pos}") from None
     except _JsonSyntaxError as e:
-        raise BackingNameError(name, f"json: not valid JSON: {e}") from None
+        raise _refused(name, f"json: not valid JSON: {e}") from None
     except (ValueError, RecursionError):
-        raise BackingNameError(name, "json: not valid JSON (too deep, or a number too long)") from None
+        raise _refused(name, "json: not valid JSON (too deep, or a number too long)") from None
     if not isinstance(root, dict):
-        raise BackingNameError(name, "json: the top level is not an object")
+        raise _refused(name, "json: the top level is not an object")
     if _too_deep(root):
-        raise BackingNameError(name, f"json: nested deeper than {_MAX_JSON_DEPTH}")
+        raise _refused(name, f"json: nested deeper than {_MAX_JSON_DEPTH}")
     tree = _deflatten_arrays(_deflatten_keys(name, root))
     # Two syntaxes: json:{"file":{"driver":...}} and json:{"driver":...}.
     top = tree
@@ -684,10 +674,10 @@ def _deflatten_keys(name: str, obj: dict[str, object]) -> dict[str, object]:
                 target[head] = {}
             nested = target[head]
             if not isinstance(nested, dict):
-                raise BackingNameError(name, "json: mixing nested objects and values is forbidden")
+                raise _refused(name, "json: mixing nested objects and values is forbidden")
             target = nested
         if rest in target:
-            raise BackingNameError(name, f"json: can't deflatten colliding key {_clip(key)!r}")
+            raise _refused(name, f"json: can't deflatten colliding key {_clip(key)!r}")
         target[rest] = _deflatten_keys(name, value) if isinstance(value, dict) else value
     return out
 
@@ -723,7 +713,7 @@ def _get_str(name: str, obj: object, key: str) -> str | None:
     if not isinstance(value, str):
         return None
     if "\x00" in value:
-        raise BackingNameError(name, f"json: {key!r} contains a NUL character")
+        raise _refused(name, f"json: {key!r} contains a NUL character")
     return value
 
 
@@ -732,7 +722,7 @@ def _get_uint(name: str, obj: dict[str, object], key: str, limit: int) -> None:
     integer (not a bool, not a fraction) within ``limit``."""
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise BackingNameError(name, f"json: malformed {key!r}")
+        raise _refused(name, f"json: malformed {key!r}")
 
 
 def _has_credentials(obj: dict[str, object], driver: str) -> bool:
@@ -744,17 +734,17 @@ def _json_driver(name: str, obj: object, allow_format: bool) -> Parsed:
     """virStorageSourceParseBackingJSONInternal and its table of drivers."""
     driver = _get_str(name, obj, "driver")
     if driver is None or not isinstance(obj, dict):
-        raise BackingNameError(name, "json: no 'driver' name")
+        raise _refused(name, "json: no 'driver' name")
 
     if driver in _PATH_DRIVERS:
         path = _get_str(name, obj, "filename")
         if not path:
-            raise BackingNameError(name, f"json: driver {driver!r} needs a 'filename'")
+            raise _refused(name, f"json: driver {driver!r} needs a 'filename'")
         return Parsed(LocalPath(path, driver))
 
     if driver in _FORMAT_DRIVERS:
         if not allow_format:
-            raise BackingNameError(name, "json: must not have nested format drivers")
+            raise _refused(name, "json: must not have nested format drivers")
         if driver == "raw":
             # offset/size select a slice of the file; checked as libvirt
             # checks them, then not kept (no field for them).
@@ -763,7 +753,7 @@ def _json_driver(name: str, obj: object, allow_format: bool) -> Parsed:
                     _get_uint(name, obj, key, 2**64 - 1)
         child = obj.get("file")
         if not isinstance(child, dict):
-            raise BackingNameError(name, f"json: format driver {driver!r} lacks a 'file' object")
+            raise _refused(name, f"json: format driver {driver!r} lacks a 'file' object")
         inner = _json_driver(name, child, allow_format=False)
         source = inner.source
         if isinstance(source, NetworkSource) and _has_credentials(obj, driver):
@@ -773,14 +763,14 @@ def _json_driver(name: str, obj: object, allow_format: bool) -> Parsed:
     if driver == "vvfat":
         directory = _get_str(name, obj, "dir")
         if not directory:
-            raise BackingNameError(name, "json: driver 'vvfat' needs a 'dir'")
+            raise _refused(name, "json: driver 'vvfat' needs a 'dir'")
         return Parsed(DirSource(directory))
 
     parser = _NETWORK_DRIVERS.get(driver)
     if parser is None:
         if driver == "nvme":
-            raise BackingNameError(name, "json: driver 'nvme' (a PCI NVMe namespace) is not modelled")
-        raise BackingNameError(name, f"json: no parser for driver {_clip(driver)!r}")
+            raise _refused(name, "json: driver 'nvme' (a PCI NVMe namespace) is not modelled")
+        raise _refused(name, f"json: no parser for driver {_clip(driver)!r}")
     draft = parser(name, obj, driver)
     draft.credentials = draft.credentials or _has_credentials(obj, driver)
     return Parsed(_finish(name, draft))
@@ -790,19 +780,19 @@ def _json_url(name: str, obj: dict[str, object], driver: str) -> _Draft:
     """virStorageSourceParseBackingJSONUri (http, https, ftp, ftps, tftp)."""
     url = _get_str(name, obj, "url")
     if url is None:
-        raise BackingNameError(name, f"json: driver {driver!r} needs a 'url'")
+        raise _refused(name, f"json: driver {driver!r} needs a 'url'")
     if driver in ("https", "ftps") and "sslverify" in obj:
         verify = obj["sslverify"]
         if not isinstance(verify, bool) and verify != "off":  # "off": libguestfs's legacy spelling
-            raise BackingNameError(name, "json: malformed 'sslverify'")
+            raise _refused(name, "json: malformed 'sslverify'")
     cookies = False
     if driver in ("http", "https") and "cookie" in obj:
         cookie = _get_str(name, obj, "cookie")
         if cookie is None:
-            raise BackingNameError(name, "json: malformed 'cookie'")
+            raise _refused(name, "json: malformed 'cookie'")
         for part in cookie.split(";") if cookie else []:
             if "=" not in part:
-                raise BackingNameError(name, "json: malformed http cookie (no '=')")
+                raise _refused(name, "json: malformed http cookie (no '=')")
             cookies = True
     for key in ("readahead", "timeout"):
         if key in obj:
@@ -816,17 +806,17 @@ def _json_uri_str(name: str, url: str, protocol: str) -> _Draft:
     """virStorageSourceParseBackingJSONUriStr: a URL that must be of ``protocol``."""
     draft = _parse_uri_source(name, url)
     if draft.protocol != protocol:
-        raise BackingNameError(name, f"json: expected protocol {protocol!r} but got {draft.protocol!r} in the URL")
+        raise _refused(name, f"json: expected protocol {protocol!r} but got {draft.protocol!r} in the URL")
     return draft
 
 
 def _inet_address(name: str, obj: object) -> _HostDraft:
     """virStorageSourceParseBackingJSONInetSocketAddress: {"host": ..., "port": ...}."""
     if obj is None:
-        raise BackingNameError(name, "json: missing remote server specification")
+        raise _refused(name, "json: missing remote server specification")
     host = _get_str(name, obj, "host")
     if host is None:
-        raise BackingNameError(name, "json: missing 'host' of a tcp server")
+        raise _refused(name, "json: missing 'host' of a tcp server")
     return _HostDraft(name=host, port=_json_port(name, obj), transport="tcp")
 
 
@@ -840,25 +830,25 @@ def _json_port(name: str, obj: object) -> int:
         return _parse_port(name, port)
     if isinstance(port, int) and not isinstance(port, bool):
         return _parse_port(name, str(port))
-    raise BackingNameError(name, "json: 'port' is neither a string nor an integer")
+    raise _refused(name, "json: 'port' is neither a string nor an integer")
 
 
 def _socket_address(name: str, obj: object) -> _HostDraft:
     """virStorageSourceParseBackingJSONSocketAddress: {"type": "inet"|"tcp"|"unix", ...}."""
     if obj is None:
-        raise BackingNameError(name, "json: missing remote server specification")
+        raise _refused(name, "json: missing remote server specification")
     kind = _get_str(name, obj, "type")
     if kind is None:
-        raise BackingNameError(name, "json: missing socket address 'type'")
+        raise _refused(name, "json: missing socket address 'type'")
     if kind in ("tcp", "inet"):
         return _inet_address(name, obj)
     if kind == "unix":
         # "socket" is the old gluster spelling of "path".
         socket = _get_str(name, obj, "path") or _get_str(name, obj, "socket")
         if socket is None:
-            raise BackingNameError(name, "json: missing 'path' of a unix socket server")
+            raise _refused(name, "json: missing 'path' of a unix socket server")
         return _HostDraft(transport="unix", socket=socket)
-    raise BackingNameError(name, f"json: socket address type {_clip(kind)!r} is not supported")
+    raise _refused(name, f"json: socket address type {_clip(kind)!r} is not supported")
 
 
 def _json_gluster(name: str, obj: dict[str, object], driver: str) -> _Draft:
@@ -870,9 +860,9 @@ def _json_gluster(name: str, obj: dict[str, object], driver: str) -> _Draft:
     path = _get_str(name, obj, "path")
     servers = obj.get("server")
     if volume is None or path is None or not isinstance(servers, list):
-        raise BackingNameError(name, "json: gluster needs 'volume', 'path' and a 'server' array")
+        raise _refused(name, "json: gluster needs 'volume', 'path' and a 'server' array")
     if not servers:
-        raise BackingNameError(name, "json: gluster needs at least one server")
+        raise _refused(name, "json: gluster needs at least one server")
     return _Draft(protocol="gluster", volume=volume, path=path, hosts=[_socket_address(name, s) for s in servers])
 
 
@@ -890,13 +880,13 @@ def _json_iscsi(name: str, obj: dict[str, object], driver: str) -> _Draft:
     elif isinstance(lun_value, _JsonFloat):
         lun = lun_value.text
     if _get_str(name, obj, "transport") != "tcp":
-        raise BackingNameError(name, "json: only the 'tcp' transport is supported for iSCSI")
+        raise _refused(name, "json: only the 'tcp' transport is supported for iSCSI")
     portal = _get_str(name, obj, "portal")
     if portal is None:
-        raise BackingNameError(name, "json: iSCSI needs a 'portal'")
+        raise _refused(name, "json: iSCSI needs a 'portal'")
     target = _get_str(name, obj, "target")
     if target is None:
-        raise BackingNameError(name, "json: iSCSI needs a 'target'")
+        raise _refused(name, "json: iSCSI needs a 'target'")
     host = _HostDraft(name=portal, transport="tcp")
     colon = portal.rfind(":")
     if colon >= 0 and "]" not in portal[colon:]:
@@ -911,7 +901,7 @@ def _json_nbd(name: str, obj: dict[str, object], driver: str) -> _Draft:
     host = _get_str(name, obj, "host")
     server = obj.get("server")
     if path is None and host is None and not isinstance(server, dict):
-        raise BackingNameError(name, "json: nbd needs a 'server', 'path' or 'host'")
+        raise _refused(name, "json: nbd needs a 'server', 'path' or 'host'")
     draft = _Draft(protocol="nbd", path=_get_str(name, obj, "export"))
     if isinstance(server, dict):
         draft.hosts.append(_socket_address(name, server))
@@ -928,10 +918,10 @@ def _json_sheepdog(name: str, obj: dict[str, object], driver: str) -> _Draft:
     if filename is not None:
         if "://" in filename:
             return _json_uri_str(name, filename, "sheepdog")
-        raise BackingNameError(name, "json: libvirt has no parser for the legacy non-URL sheepdog 'filename'")
+        raise _refused(name, "json: libvirt has no parser for the legacy non-URL sheepdog 'filename'")
     vdi = _get_str(name, obj, "vdi")
     if vdi is None:
-        raise BackingNameError(name, "json: sheepdog needs a 'vdi'")
+        raise _refused(name, "json: sheepdog needs a 'vdi'")
     server = obj.get("server")
     return _Draft(
         protocol="sheepdog", path=vdi, hosts=[_socket_address(name, server if isinstance(server, dict) else None)]
@@ -944,7 +934,7 @@ def _json_ssh(name: str, obj: dict[str, object], driver: str) -> _Draft:
     host = _get_str(name, obj, "host")
     server = obj.get("server")
     if (host is None and not isinstance(server, dict)) or path is None:
-        raise BackingNameError(name, "json: ssh needs a 'host' or 'server', and a 'path'")
+        raise _refused(name, "json: ssh needs a 'host' or 'server', and a 'path'")
     draft = _Draft(protocol="ssh", path=path)
     if isinstance(server, dict):
         draft.hosts.append(_inet_address(name, server))
@@ -961,7 +951,7 @@ def _json_rbd(name: str, obj: dict[str, object], driver: str) -> _Draft:
     pool = _get_str(name, obj, "pool")
     image = _get_str(name, obj, "image")
     if not pool or not image:
-        raise BackingNameError(name, "json: rbd needs a 'pool' and an 'image'")
+        raise _refused(name, "json: rbd needs a 'pool' and an 'image'")
     draft = _Draft(
         protocol="rbd",
         volume=pool,
@@ -980,7 +970,7 @@ def _json_vxhs(name: str, obj: dict[str, object], driver: str) -> _Draft:
     vdisk = _get_str(name, obj, "vdisk-id")
     server = obj.get("server")
     if vdisk is None or not isinstance(server, dict):
-        raise BackingNameError(name, "json: vxhs needs a 'vdisk-id' and a 'server'")
+        raise _refused(name, "json: vxhs needs a 'vdisk-id' and a 'server'")
     return _Draft(protocol="vxhs", path=vdisk, hosts=[_inet_address(name, server)])
 
 
@@ -988,14 +978,14 @@ def _json_nfs(name: str, obj: dict[str, object], driver: str) -> _Draft:
     """virStorageSourceParseBackingJSONNFS (user and group are ids, kept by libvirt, not here)."""
     server = obj.get("server")
     if not isinstance(server, dict):
-        raise BackingNameError(name, "json: nfs needs a 'server'")
+        raise _refused(name, "json: nfs needs a 'server'")
     for key in ("user", "group"):
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
-            raise BackingNameError(name, "json: nfs needs integer 'user' and 'group'")
+            raise _refused(name, "json: nfs needs integer 'user' and 'group'")
     path = _get_str(name, obj, "path")
     if path is None:
-        raise BackingNameError(name, "json: nfs needs a 'path'")
+        raise _refused(name, "json: nfs needs a 'path'")
     return _Draft(protocol="nfs", path=path, hosts=[_inet_address(name, server)])
 
 

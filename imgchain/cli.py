@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from imgchain import __version__
-from imgchain.errors import ImgChainError
+from imgchain.errors import ImgChainError, PathError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FORMATS = ("qcow2", "qed", "raw")
@@ -34,12 +34,6 @@ class _UsageError(Exception):
 
 def _usage(message: str) -> _UsageError:
     return _UsageError(message)
-
-
-class _FileError(ImgChainError):
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(reason)
-        self.path = path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,21 +178,22 @@ def _run_xml(args: argparse.Namespace) -> int:
 
 
 def _verify(path: str, max_depth: int) -> int:
+    from imgchain.errors import XmlError
     from imgchain.verify import verify_disk
-    from imgchain.xmlread import XmlError, read_disks
+    from imgchain.xmlread import read_disks
 
     try:
         with open(path, "rb") as f:
             text = f.read(_MAX_XML)
     except OSError as exc:
-        raise _FileError(path, exc.strerror or str(exc)) from None
+        raise PathError(path, exc.strerror or str(exc)) from None
     try:
         disks = read_disks(text)
     except XmlError as exc:
         exc.path = path
         raise
     if not disks:
-        raise _FileError(path, "no <disk> with a source in it")
+        raise PathError(path, "no <disk> with a source in it")
     differences = 0
     lines = []
     for element, disk in disks:
@@ -222,7 +217,7 @@ def _verify(path: str, max_depth: int) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from imgchain.audit import PathError, audit
+    from imgchain.audit import audit
     from imgchain.chain import MAX_DEPTH
     from imgchain.emit import audit as out
     from imgchain.policy import Severity

@@ -7,6 +7,12 @@
     │  ├─ TruncatedError              the header runs past the end of the file
     │  └─ UnsupportedFeatureError     well formed, but must be refused
     │                                 (unknown incompatible bits, version, ...)
+    ├─ BackingNameError(ValueError)   a backing name that cannot be parsed,
+    │                                 or that libvirt would refuse
+    ├─ XmlError                       XML that cannot be read as a disk
+    ├─ XmlEmitError                   a chain that a layout cannot express
+    ├─ PathError                      a path named by the user that cannot be
+    │                                 used (not a file, unreadable ...)
     └─ ChainError                     a problem of the chain, not of one header
        ├─ BackingLoopError            a layer is its own ancestor
        ├─ BackingMissingError         a backing file does not exist
@@ -25,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "BackingLoopError",
     "BackingMissingError",
+    "BackingNameError",
     "ChainError",
     "ChainTooDeepError",
     "FormatError",
@@ -32,8 +39,11 @@ __all__ = [
     "ImgChainError",
     "NotRegularFileError",
     "OutsideRootError",
+    "PathError",
     "TruncatedError",
     "UnsupportedFeatureError",
+    "XmlEmitError",
+    "XmlError",
     "shown",
 ]
 
@@ -113,6 +123,33 @@ class TruncatedError(FormatError):
 
 class UnsupportedFeatureError(FormatError):
     """Well formed, but the format's rules say to refuse it."""
+
+
+class BackingNameError(ImgChainError, ValueError):
+    """A backing name (``nbd:...``, ``json:{...}``) that is malformed or that
+    libvirt would refuse.  ``backing_name`` is the name with any credentials
+    masked; ``shown`` a shorter form for the message."""
+
+    def __init__(self, backing_name: str, reason: str, *, shown: str | None = None) -> None:
+        self.reason = reason
+        self.backing_name = backing_name
+        super().__init__(f"{reason}: {(shown if shown is not None else backing_name)!r}")
+
+
+class XmlError(ImgChainError):
+    """XML that is not a disk description imgchain can read."""
+
+
+class XmlEmitError(ImgChainError):
+    """A chain that cannot be written in the layout asked for."""
+
+
+class PathError(ImgChainError):
+    """A path the user named that cannot be used as asked."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
 
 
 class ChainError(ImgChainError):

@@ -13,9 +13,9 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-from imgchain.backing_name import BackingNameError
 from imgchain.errors import (
     BackingMissingError,
+    BackingNameError,
     FormatError,
     ImgChainError,
     NotRegularFileError,

@@ -13,13 +13,9 @@ import xml.etree.ElementTree as ET
 
 from imgchain.backing_name import Host, NetworkSource
 from imgchain.disk import Disk, DiskChain, DiskLayer
-from imgchain.errors import ImgChainError
+from imgchain.errors import XmlError
 
 __all__ = ["XmlError", "detect_layout", "find_disks", "parse_disk", "read_disks"]
-
-
-class XmlError(ImgChainError):
-    """XML that is not a disk description we can read."""
 
 
 def _layer(source: ET.Element | None, fmt: str | None, declared_type: str | None = None) -> DiskLayer:

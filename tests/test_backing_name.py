@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from imgchain.backing_name import (
     PROTOCOLS,
-    BackingNameError,
     DirSource,
     Host,
     LocalPath,
@@ -36,7 +35,7 @@ from imgchain.backing_name import (
     default_port,
     parse_backing_name,
 )
-from imgchain.errors import ImgChainError
+from imgchain.errors import BackingNameError, ImgChainError
 
 
 def tcp(name: str, port: int | None = None) -> Host:

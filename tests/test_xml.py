@@ -20,9 +20,10 @@ from imgchain.backing_name import Host, NetworkSource
 from imgchain.chain import resolve_chain
 from imgchain.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
 from imgchain.disk import Disk, DiskChain, DiskLayer, describe_chain
-from imgchain.emit.xml import LAYOUTS, XmlEmitError, disk_element, to_xml
+from imgchain.emit.xml import LAYOUTS, disk_element, to_xml
+from imgchain.errors import XmlEmitError, XmlError
 from imgchain.formats import qcow2
-from imgchain.xmlread import XmlError, detect_layout, parse_disk, read_disks
+from imgchain.xmlread import detect_layout, parse_disk, read_disks
 
 ROOT = pathlib.Path(__file__).parent.parent
 RFC_DIR = ROOT / "fixtures" / "rfc"

@@ -26,17 +26,13 @@ import xml.etree.ElementTree as ET
 
 from imgchain.backing_name import NetworkSource
 from imgchain.disk import Disk, DiskChain, DiskLayer
-from imgchain.errors import ImgChainError
+from imgchain.errors import XmlEmitError
 
 __all__ = ["LAYOUTS", "XmlEmitError", "disk_element", "to_xml"]
 
 LAYOUTS = ("nested", "flat", "backingstore")
 
 _PATH_ATTR = {"file": "file", "block": "dev", "dir": "dir"}
-
-
-class XmlEmitError(ImgChainError):
-    """A chain that cannot be written in the layout asked for."""
 
 
 def _sub(parent: ET.Element, tag: str, **attrs: str | None) -> ET.Element:
