@@ -330,7 +330,7 @@ def _parse_uri(name: str, s: str) -> _Uri:
     fix-ups (server port only with a server; brackets stripped from IPv6)."""
 
     def bad(what: str) -> BackingNameError:
-        return BackingNameError(name, f"not a valid URL: {what}")
+        return _refused(name, f"not a valid URL: {what}")
 
     n = len(s)
     if not s or s[0] not in _ALPHA:
@@ -458,7 +458,7 @@ def _parse_nbd_colon(name: str) -> _Draft:
     ``nbd:unix:/SOCKET[:exportname=EXPORT]`` or ``nbd:HOST:PORT[:exportname=EXPORT]``."""
 
     def malformed(why: str) -> BackingNameError:
-        return BackingNameError(name, f"malformed nbd name: {why}")
+        return _refused(name, f"malformed nbd name: {why}")
 
     draft = _Draft(protocol="nbd")
     host = _HostDraft()
