@@ -567,7 +567,8 @@ def decode(data: bytes | Window) -> Qcow2Image:
                     length,
                     offset=offset + 4,
                 )
-            backing_format = c_string(win.get(start, length, NAME, "backing format extension", offset))
+            # An empty name records nothing: qemu probes, as if there were none.
+            backing_format = c_string(win.get(start, length, NAME, "backing format extension", offset)) or None
         elif kind == EXT_FEATURE_TABLE:
             feature_table = win.get(start, length, NAME, "feature name table", offset)
         elif kind == EXT_FULL_DISK_ENCRYPTION:

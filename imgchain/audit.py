@@ -39,10 +39,9 @@ from imgchain.policy import (
     finding,
     header_findings,
     mismatch_finding,
-    outside_roots,
     unrecorded_finding,
 )
-from imgchain.probe import FileInfo, read_image, stat_image
+from imgchain.probe import FileInfo, outside_roots, read_image, stat_image
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
 
@@ -72,36 +71,48 @@ class AuditReport:
         return max((f.severity for f in self.findings), default=None)
 
 
-def discover(paths: Iterable[str]) -> Iterator[str]:
-    """The files to audit: each named file, and every regular file under
-    each named directory (sorted; symlinked directories not followed).
-    A named path that cannot be read raises PathError."""
+def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None) -> Iterator[str]:
+    """The files to audit: each named file, and every file under each named
+    directory (sorted, depth first; symlinks are yielded, not followed, and
+    left to the caller's root check).  A named path that cannot be read
+    raises PathError; a folder below one that cannot be read is added to
+    ``unreadable`` as (path, reason) and the walk goes on."""
     for path in paths:
         try:
             st = os.stat(path)
         except OSError as exc:
             raise PathError(path, exc.strerror or str(exc)) from None
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(path)
+            yield from _walk_dir(path, unreadable)
         elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
             yield path
         else:
             raise PathError(path, "not a regular file, block device or directory; not opened")
 
 
-def _walk_dir(top: str) -> Iterator[str]:
-    try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
-    except OSError as exc:
-        raise PathError(top, exc.strerror or str(exc)) from None
-    for entry in entries:
+def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[str]:
+    stack = [top]
+    while stack:
+        folder = stack.pop()
         try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk_dir(entry.path)
-            elif entry.is_file(follow_symlinks=True):
-                yield entry.path
-        except OSError:
-            continue  # vanished while we looked
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if folder == top:
+                raise PathError(top, exc.strerror or str(exc)) from None
+            if unreadable is not None:
+                unreadable.append((folder, exc.strerror or str(exc)))
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                    yield entry.path
+                elif entry.is_dir(follow_symlinks=False):
+                    subfolders.append(entry.path)
+            except OSError:
+                continue  # vanished while we looked
+        stack.extend(reversed(subfolders))
 
 
 class _Node:
@@ -213,8 +224,10 @@ class _Audit:
         node.backing_name, node.backing_format = d.backing_filename, d.backing_format
         if d.backing_filename is not None:
             node.backing = combine(path, d.backing_filename)
-        for f in header_findings(path, d, chain, self.roots):
+        for f in header_findings(path, d, chain):
             self.add(f, info.identity, f.message)
+        if d.data_file:
+            self.data_file(node, d.data_file)
         if fmt is not None and image.probed_format != fmt:
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), info.identity, fmt)
@@ -223,10 +236,7 @@ class _Audit:
     def stat(self, path: str, owner: _Node | None) -> FileInfo | None:
         """``stat`` a would-be image, or record why it cannot be one."""
         try:
-            if self.roots and outside_roots(path, self.roots):
-                raise OutsideRootError(
-                    path, f"resolves to {os.path.realpath(path)!r}, outside every --root; not opened"
-                )
+            self.check_roots(path)
             return stat_image(path)
         except ChainError as exc:
             chain = (*owner.chain(), path) if owner is not None else (path,)
@@ -234,9 +244,61 @@ class _Audit:
             self.add(error_finding(exc, path, owner_path, chain), owner_path or path, path)
             return None
 
+    def check_roots(self, path: str) -> None:
+        if self.roots:
+            where = outside_roots(path, self.roots)
+            if where is not None:
+                raise OutsideRootError(path, f"resolves to {where!r}, outside every --root; not opened")
+
+    def data_file(self, node: _Node, name: str) -> None:
+        """A qcow2's external data file name: read as qemu reads it, and, with
+        roots, checked against them (it is never opened)."""
+        chain = (*node.chain(), name)
+        path = name
+        if protocol_of(name) is not None:
+            from imgchain.backing_name import LocalPath, parse_backing_name
+
+            try:
+                source = parse_backing_name(name).source
+            except ImgChainError as exc:
+                self.add(error_finding(exc, name, node.path, chain), node.path, name)
+                return
+            if not isinstance(source, LocalPath):
+                message = f"data file {name!r} is a network source, which cannot be verified offline"
+                self.add(finding("backing-network", node.path, chain, message, target=name))
+                return
+            path = source.path
+        if not self.roots:
+            return
+        if not path.startswith("/"):
+            # qemu opens a relative data file name from its own working
+            # folder, which cannot be known here.
+            message = (
+                f"data file {name!r} is a relative name, which qemu resolves against the working folder of "
+                "whatever opens the image: it cannot be held to --root"
+            )
+            self.add(finding("backing-outside-root", node.path, chain, message, target=name))
+            return
+        where = outside_roots(path, self.roots)
+        if where is not None:
+            message = f"data file {name!r} resolves to {where!r}, outside every --root"
+            self.add(finding("backing-outside-root", node.path, chain, message, target=name))
+
     # -- the two passes ---------------------------------------------------------------------------
 
     def read_named(self, path: str) -> _Node | None:
+        if os.path.islink(path):
+            # A symlink in a folder: checked against the roots before anything
+            # is looked at through it, then followed to files, not folders.
+            try:
+                self.check_roots(path)
+                if stat.S_ISDIR(os.stat(path).st_mode):
+                    return None
+            except OutsideRootError as exc:
+                self.add(error_finding(exc, path, None, (path,)), path, path)
+                return None
+            except OSError:
+                pass  # dangling: the stat below reports it
         info = self.stat(path, None)
         if info is None:
             return None
@@ -369,7 +431,10 @@ def audit(
     the named images, as a VM definition would.  ``on_image(done, total)``
     is called as the named images are read (for a progress display)."""
     run = _Audit(fmt, tuple(os.path.realpath(r) for r in roots), max_depth)
-    files = list(discover(paths))
+    unreadable: list[tuple[str, str]] = []
+    files = list(discover(paths, unreadable))
+    for folder, reason in unreadable:
+        run.add(finding("image-unreadable", folder, (folder,), f"the folder cannot be read: {reason}"))
     named: list[_Node] = []
     for done, path in enumerate(files, 1):
         node = run.read_named(path)

@@ -173,7 +173,12 @@ def _run_xml(args: argparse.Namespace) -> int:
     if args.mirror is not None:
         mirror = describe_chain(resolve_chain(args.mirror, args.mirror_format, max_depth=depth, tables=False))
     disk = Disk(chain=chain, mirror=mirror, target=args.target, bus=args.bus)
-    _write(to_xml(disk, args.layout))
+    try:
+        text = to_xml(disk, args.layout)
+    except ImgChainError as exc:
+        exc.path = exc.path or args.image
+        raise
+    _write(text)
     return EXIT_OK
 
 
@@ -182,11 +187,7 @@ def _verify(path: str, max_depth: int) -> int:
     from imgchain.verify import verify_disk
     from imgchain.xmlread import read_disks
 
-    try:
-        with open(path, "rb") as f:
-            text = f.read(_MAX_XML)
-    except OSError as exc:
-        raise PathError(path, exc.strerror or str(exc)) from None
+    text = _read_xml(path)
     try:
         disks = read_disks(text)
     except XmlError as exc:
@@ -233,6 +234,26 @@ def _run_audit(args: argparse.Namespace) -> int:
     _write(out.to_json(report) + "\n" if args.output == "json" else _printable(out.human(report)))
     worst = report.worst()
     return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
+
+
+def _read_xml(path: str) -> bytes:
+    """A domain XML file: a regular file (a FIFO is never opened), read up
+    to ``_MAX_XML`` bytes."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathError(path, "not a regular file; not opened")
+        if st.st_size > _MAX_XML:
+            raise PathError(path, f"larger than {_MAX_XML} bytes; not read")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, _MAX_XML)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise PathError(path, exc.strerror or str(exc)) from None
 
 
 def _printable(text: str) -> str:

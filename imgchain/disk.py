@@ -61,9 +61,13 @@ class Disk:
 
 
 def absolute(path: str) -> str:
-    """An absolute path for a top image, made lexically (symlinks are not
-    resolved)."""
-    return os.path.abspath(path)
+    """An absolute name for ``path``, naming the same file: the working
+    folder before a relative name, ``.`` and doubled slashes dropped, and
+    ``..`` kept (after a symlink, ``link/..`` is not the folder of ``link``)."""
+    if not path.startswith("/"):
+        path = os.getcwd() + "/" + path
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return "/" + "/".join(parts)
 
 
 def backing_path(overlay: str, name: str) -> str:

@@ -2,15 +2,14 @@
 
 Every finding has a stable kebab-case code from :data:`CODES`, which also
 holds what each code means, why it matters and how to fix it (the README's
-table is checked against it).  Nothing here does I/O (but resolving a path
-against the roots): the audit (``imgchain.audit``) walks the images and their
-chains and asks this module to word what it finds.
+table is checked against it).  Nothing here does I/O: the audit
+(``imgchain.audit``) reads the images, follows their chains, and asks this
+module to word what it finds.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 
 from imgchain.errors import (
@@ -29,12 +28,10 @@ __all__ = [
     "Code",
     "Finding",
     "Severity",
-    "data_file_path",
     "error_finding",
     "finding",
     "header_findings",
     "mismatch_finding",
-    "outside_roots",
     "unrecorded_finding",
 ]
 
@@ -200,19 +197,7 @@ def finding(code: str, image: str, chain: tuple[str, ...], message: str, **detai
     return Finding(code, CODES[code].severity, image, chain, message, dict(details))
 
 
-def outside_roots(path: str, roots: tuple[str, ...]) -> bool:
-    """Whether ``path``, with symlinks and ``..`` resolved, is outside every
-    root (roots are real paths).  No file is opened."""
-    real = os.path.realpath(path)
-    return not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
-
-
-def data_file_path(image_path: str, name: str) -> str:
-    """Where a relative data file name points: beside its image."""
-    return name if name.startswith("/") else os.path.join(os.path.dirname(image_path) or ".", name)
-
-
-def header_findings(path: str, d: DecodedImage, chain: tuple[str, ...], roots: tuple[str, ...]) -> list[Finding]:
+def header_findings(path: str, d: DecodedImage, chain: tuple[str, ...]) -> list[Finding]:
     """What is wrong with one image by itself: its header's bits and data file."""
     out = []
     if d.corrupt:
@@ -228,10 +213,6 @@ def header_findings(path: str, d: DecodedImage, chain: tuple[str, ...], roots: t
             else "the external data file bit is set but no data file is named"
         )
         out.append(finding("external-data-file", path, chain, message, data_file=target))
-        if target and roots and outside_roots(data_file_path(path, target), roots):
-            real = os.path.realpath(data_file_path(path, target))
-            message = f"its data file {target!r} resolves to {real!r}, outside every --root"
-            out.append(finding("backing-outside-root", path, chain, message, target=target))
     return out
 
 

@@ -39,11 +39,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INITIAL_READ",
+    "MAX_SYMLINKS",
     "READ_AHEAD",
     "READ_CAP",
     "FileInfo",
     "FormatSource",
     "Image",
+    "outside_roots",
     "read_image",
     "stat_image",
 ]
@@ -144,6 +146,63 @@ def _os_error(path: str, exc: OSError) -> ChainError:
     if exc.errno == errno.ELOOP:
         return ImageAccessError(path, "too many levels of symbolic links")
     return ImageAccessError(path, reason)
+
+
+#: Symlinks followed in one path before resolution gives up (as the kernel does).
+MAX_SYMLINKS = 40
+
+
+def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
+    """Where ``path`` leads if that is outside every root, else None.
+
+    ``roots`` are absolute real paths.  Symlinks and ``..`` are resolved one
+    component at a time (``lstat``, ``readlink``), and resolution stops at
+    the first component that is neither inside a root nor above one: nothing
+    outside the roots is ever looked at.  A name that does not exist
+    resolves lexically from there on.
+    """
+
+    def may_look(candidate: str) -> bool:
+        return any(
+            candidate == root or candidate.startswith(root + "/") or root.startswith(candidate.rstrip("/") + "/")
+            for root in roots
+        )
+
+    if not path.startswith("/"):
+        path = os.getcwd() + "/" + path
+    parts = path.split("/")[::-1]  # a stack: the next component last
+    resolved = ""
+    links = 0
+    exists = True
+    while parts:
+        part = parts.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.rsplit("/", 1)[0]
+            continue
+        candidate = f"{resolved}/{part}"
+        if not may_look(candidate):
+            return "/".join([candidate, *reversed(parts)])
+        if exists:
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                exists = False  # the rest is lexical
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        return candidate
+                    target = os.readlink(candidate)
+                    if target.startswith("/"):
+                        resolved = ""
+                    parts.extend(target.split("/")[::-1])
+                    continue
+        resolved = candidate
+    final = resolved or "/"
+    inside = any(final == root or final.startswith(root + "/") for root in roots)
+    return None if inside else final
 
 
 def stat_image(path: str) -> FileInfo:

@@ -36,7 +36,10 @@ def _where(layer: DiskLayer) -> str:
 
 
 def _same_path(a: str, b: str) -> bool:
-    if os.path.normpath(a) == os.path.normpath(b):
+    """The same string, or two names of one existing file (device and
+    inode).  Names are not normalised: ``x/../y`` is not ``y`` when ``x``
+    is a symlink."""
+    if a == b:
         return True
     try:
         sa, sb = os.stat(a), os.stat(b)
@@ -74,9 +77,12 @@ def _verify_chain(name: str, declared: DiskChain, max_depth: int) -> list[Differ
     for i in range(max(len(declared.layers), len(actual.layers))):
         if i >= len(actual.layers):
             if walked.error is None:
+                more = len(declared.layers) - i - 1
                 what = f"the XML declares {_where(declared.layers[i])}; on disk the chain has ended"
+                if more:
+                    what += f" (and {more} more layer{'s' if more > 1 else ''} below it)"
                 out.append(Difference("extra-layer", name, i, what))
-            continue
+            break
         if i >= len(declared.layers):
             if declared.ends:
                 what = f"on disk the chain goes on to {_where(actual.layers[i])}; the XML says it ends"

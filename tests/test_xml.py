@@ -113,6 +113,7 @@ RBD = NetworkSource(
     config="/etc/ceph.conf",
 )
 HTTP = NetworkSource("https", "dir/disk.img", (Host("example.org", 443, "tcp"),), query="a=b")
+NFS = NetworkSource("nfs", "export/disk.img", (Host("nfs.example.org", None, "tcp"),))
 
 
 def layer(kind: str, fmt: str | None = "raw", path: str | None = None, net: NetworkSource | None = None) -> DiskLayer:
@@ -131,7 +132,24 @@ SHAPES = {
     "file-rbd": DiskChain((layer("file", "qcow2"), layer("network", "raw", net=RBD)), ends=False),
     "file-https": DiskChain((layer("file", "qcow2"), layer("network", "qcow2", net=HTTP)), ends=False),
     "file-dir": DiskChain((layer("file", "qcow2"), layer("dir", "fat", "/srv/tree")), ends=False),
+    "file-nfs": DiskChain((layer("file", "qcow2"), layer("network", "raw", net=NFS)), ends=False),
 }
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("path", ["/a\x1b]0;pwned\x07", "/tab\there", "/new\nline", "/bad\udcffbyte", "/\u200ezw"])
+def test_names_xml_or_a_terminal_cannot_carry_are_refused(layout, path):
+    disk = Disk(DiskChain((layer("file", "qcow2"), layer("file", "raw", path))))
+    with pytest.raises(XmlEmitError, match="cannot carry"):
+        to_xml(disk, layout)
+
+
+def test_backingstore_refuses_protocols_libvirt_has_no_source_for():
+    ssh = NetworkSource("ssh", "p", (Host("h", 22, "tcp"),))
+    disk = Disk(DiskChain((layer("file", "qcow2"), layer("network", "raw", net=ssh)), ends=False))
+    with pytest.raises(XmlEmitError, match="no ssh disk source"):
+        to_xml(disk, "backingstore")
+    assert parse_disk(ET.fromstring(to_xml(disk, "flat"))) == disk
 
 
 def test_backingstore_refuses_an_unknown_format_the_rfc_layouts_leave_it_out():
@@ -175,15 +193,18 @@ def test_has_none_marker_only_where_the_end_is_known():
     assert open_ended.find("backingFile") is None
 
 
+# Any printable text (what imgchain writes into XML; the rest it refuses).
 AWKWARD = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"), min_size=1, max_size=20
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs")) | st.just(" "),
+    min_size=1,
+    max_size=20,
 )
 PATHS = st.builds(lambda s: "/" + s, AWKWARD | st.sampled_from(["it's", 'say "hi"', "a&b", "<x>", "dé/漢", "~ %20"]))
 FORMATS = st.sampled_from(["raw", "qcow2", "qed", None])
 HOSTS = st.builds(Host, st.sampled_from(["h1", "10.0.0.1", "[::1]"]), st.integers(1, 65535) | st.none(), st.just("tcp"))
 NETS = st.builds(
     NetworkSource,
-    st.sampled_from(["nbd", "rbd", "gluster", "iscsi", "http", "https", "ssh"]),
+    st.sampled_from(["nbd", "rbd", "gluster", "iscsi", "http", "https", "nfs"]),
     AWKWARD | st.none(),
     st.lists(HOSTS, max_size=3).map(tuple),
 )

@@ -55,33 +55,47 @@ _BROKEN = {
 
 
 def _tree(report: AuditReport) -> Iterator[str]:
-    """The backing graph: every base with its overlays beneath it, and the
-    overlays whose base is missing or elsewhere at the top level, with why."""
+    """The backing graph: every base with its overlays beneath it; overlays
+    whose base is missing or elsewhere at the top level, with why; and last,
+    images on a loop, which have no base to hang from."""
     by_path = {e.path: e for e in report.images}
     why: dict[str, str] = {}
     for f in report.findings:
         if f.code in _BROKEN and f.image in by_path:
             why.setdefault(f.image, _BROKEN[f.code])
     overlays = {d for e in report.images for d in e.dependents}
-    roots = [e for e in report.images if e.path not in overlays]
     seen: set[str] = set()
 
-    def walk(entry: ImageEntry, prefix: str, last: bool, depth: int) -> Iterator[str]:
-        branch = "" if depth == 0 else ("└─ " if last else "├─ ")
-        note = ""
-        if entry.backing is not None and depth == 0:
-            note = f"  ({why.get(entry.path, 'its backing file could not be read')}: {entry.backing!r})"
-        yield f"  {prefix}{branch}{shown(entry.path)}{note}"
-        if entry.path in seen:
-            return
-        seen.add(entry.path)
-        children = sorted(entry.dependents)
-        inner = prefix + ("" if depth == 0 else ("   " if last else "│  "))
-        for i, child in enumerate(children):
-            yield from walk(by_path[child], inner, i == len(children) - 1, depth + 1)
+    def draw(root: ImageEntry, note: str) -> Iterator[str]:
+        # (entry, prefix of its line, prefix of its children's lines); a stack, as chains may be deep
+        stack: list[tuple[ImageEntry, str, str]] = [(root, "", "")]
+        while stack:
+            entry, line_prefix, child_prefix = stack.pop()
+            suffix = ""
+            if entry is root and entry.backing is not None:
+                suffix = f"  ({note or why.get(entry.path, 'its backing file could not be read')}: {entry.backing!r})"
+            if entry.path in seen:
+                yield f"  {line_prefix}{shown(entry.path)}  (again: the graph loops here)"
+                continue
+            seen.add(entry.path)
+            yield f"  {line_prefix}{shown(entry.path)}{suffix}"
+            children = sorted(entry.dependents)
+            for i, child in reversed(list(enumerate(children))):
+                last = i == len(children) - 1
+                stack.append(
+                    (
+                        by_path[child],
+                        child_prefix + ("└─ " if last else "├─ "),
+                        child_prefix + ("   " if last else "│  "),
+                    )
+                )
 
-    for root in roots:
-        yield from walk(root, "", True, 0)
+    for entry in report.images:
+        if entry.path not in overlays:
+            yield from draw(entry, "")
+    for entry in report.images:
+        if entry.path not in seen:
+            yield from draw(entry, "on a loop")
 
 
 def _count(n: int, noun: str) -> str:

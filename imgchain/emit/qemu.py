@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgchain.chain import Layer
-from imgchain.formats import luks, qcow2
+from imgchain.formats import qcow2
+
+if TYPE_CHECKING:
+    from imgchain.formats import luks
 
 __all__ = ["dumps", "human", "human_one", "image_info", "size_to_str"]
 

@@ -36,7 +36,18 @@ _PATH_ATTR = {"file": "file", "block": "dev", "dir": "dir"}
 
 
 def _sub(parent: ET.Element, tag: str, **attrs: str | None) -> ET.Element:
+    for value in attrs.values():
+        if value is not None and not _writable(value):
+            raise XmlEmitError(
+                f"{value!r} holds characters that XML cannot carry and a terminal must not see "
+                "(control characters, or bytes that are not UTF-8)"
+            )
     return ET.SubElement(parent, tag, {k: v for k, v in attrs.items() if v is not None})
+
+
+def _writable(text: str) -> bool:
+    """Printable text with no undecodable bytes (kept as lone surrogates)."""
+    return text.isprintable() and not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _host_elements(parent: ET.Element, net: NetworkSource) -> None:
@@ -53,6 +64,8 @@ def _host_elements(parent: ET.Element, net: NetworkSource) -> None:
 
 def _network_children(parent: ET.Element, net: NetworkSource) -> None:
     _host_elements(parent, net)
+    if net.protocol == "nfs":
+        _sub(parent, "identity")  # libvirt requires one (its user and group are optional)
     if net.snapshot is not None:
         _sub(parent, "snapshot", name=net.snapshot)
     if net.config is not None:
@@ -131,9 +144,20 @@ def _format(parent: ET.Element, layer: DiskLayer, *, required: bool = True) -> N
     _sub(parent, "format", type=layer.format)
 
 
+#: The network protocols libvirt 9.0's schema has a disk source for.
+LIBVIRT_PROTOCOLS = frozenset(
+    ("nbd", "gluster", "rbd", "iscsi", "http", "https", "ftp", "ftps", "sheepdog", "tftp", "vxhs", "nfs")
+)
+
+
 def _backing_store(parent: ET.Element, chain: DiskChain, first_index: int) -> int:
     index = first_index
     for layer in chain.layers[1:]:
+        if layer.network is not None and layer.network.protocol not in LIBVIRT_PROTOCOLS:
+            raise XmlEmitError(
+                f"libvirt 9.0 has no {layer.network.protocol} disk source for <backingStore> "
+                "(the nested and flat layouts can say it)"
+            )
         parent = _sub(parent, "backingStore", type=layer.type, index=str(index))
         _format(parent, layer)
         _source(parent, layer)
