@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from imgchain.backing_name import DirSource, LocalPath, NetworkSource, parse_backing_name
 from imgchain.chain import Chain
 from imgchain.errors import ImgChainError
-from imgchain.names import protocol_of
+from imgchain.names import libvirt_join, protocol_of
 
 __all__ = ["Disk", "DiskChain", "DiskLayer", "backing_path", "describe_chain", "describe_layers"]
 
@@ -79,10 +79,7 @@ def backing_path(overlay: str, name: str) -> str:
         source = parse_backing_name(name).source
         assert isinstance(source, LocalPath)  # the walk went on through it
         return absolute(source.path)
-    if name.startswith("/"):
-        return name
-    directory = os.path.dirname(overlay) or "."
-    return f"/{name}" if directory == "/" else f"{directory}/{name}"
+    return libvirt_join(overlay, name)
 
 
 def describe_chain(chain: Chain) -> DiskChain:

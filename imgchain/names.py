@@ -1,9 +1,14 @@
-"""Backing file names as qemu reads them: which are paths and which carry a
-protocol, and how a relative name is joined to its overlay's name."""
+"""Backing file names: which are paths and which carry a protocol, and how a
+relative name is joined to its overlay's name.  qemu and libvirt join them
+differently, and both ways are here: :func:`combine` is qemu's (the
+overlay's name as given, up to its last slash, then the backing name), and
+:func:`libvirt_join` is libvirt's (the overlay's absolute path's directory,
+a slash, the name).  Neither normalises ``..``: after a symlink it does not
+mean "the folder above"."""
 
 from __future__ import annotations
 
-__all__ = ["combine", "has_protocol", "protocol_of", "strip_file_protocol"]
+__all__ = ["combine", "has_protocol", "libvirt_join", "protocol_of", "strip_file_protocol"]
 
 
 def protocol_of(name: str) -> str | None:
@@ -40,3 +45,13 @@ def combine(overlay: str, backing: str) -> str:
         return backing
     slash = overlay.rfind("/")
     return overlay[: slash + 1] + backing
+
+
+def libvirt_join(overlay: str, backing: str) -> str:
+    """Where libvirt puts a relative backing name of the image at absolute
+    path ``overlay`` (``virStorageSourceNewFromBackingRelative``): its
+    directory, a slash, the name, nothing normalised (``/a/sub/../b``)."""
+    if backing.startswith("/"):
+        return backing
+    directory = overlay.rsplit("/", 1)[0]
+    return f"{directory}/{backing}" if directory else f"/{backing}"

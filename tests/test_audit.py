@@ -429,3 +429,123 @@ def test_mutated_headers_never_crash_or_escape(tmp_path_factory, monkeypatch, sa
     except FormatError:
         mine = {f.code for f in report.findings if f.image == str(work / "img")}
         assert mine & {"malformed-header", "unsupported-feature"}, report.findings
+
+
+# -- review fixes: roots, data files, odd stores ------------------------------------------------------
+
+
+def spy_looks(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every path the audit stats, lstats, reads a link of or opens."""
+    seen: list[str] = []
+    for name in ("stat", "lstat", "readlink", "open"):
+        real = getattr(os, name)
+
+        def spy(path, *args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(os.fspath(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, spy)
+    return seen
+
+
+def test_nothing_outside_the_roots_is_even_looked_at(store, monkeypatch):
+    put(store / "root/abs.qcow2", qcow2_naming("/etc/hostname"))
+    put(store / "root/rel.qcow2", qcow2_naming("../../../../../../etc/passwd"))
+    put(store / "root/inn.qcow2", qcow2_naming("innocent.raw"))
+    os.symlink("/etc/hosts", store / "root/innocent.raw")
+    os.symlink("/etc/passwd", store / "root/link.img")
+    data = (FIXTURES / "misc/data-file.qcow2").read_bytes().replace(b"data.raw", b"/etc/sha", 1)
+    put(store / "root/df.qcow2", data)
+    root = str(store / "root")
+    looked = spy_looks(monkeypatch)
+    report = audit([root], roots=[root])
+    outside = [p for p in looked if not (p.startswith(root) or root.startswith(p.rstrip("/") + "/") or p == "/")]
+    assert outside == []
+    flagged = {pathlib.Path(f.image).name for f in report.findings if f.code == "backing-outside-root"}
+    assert flagged == {"abs.qcow2", "rel.qcow2", "inn.qcow2", "innocent.raw", "link.img", "df.qcow2"}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (b"etc/hostname", "relative name"),
+        (b"file:/etc/shadow", "resolves to '/etc/shadow'"),
+        (b'json:{"driver":"file","filename":"/etc/shadow"}', "resolves to '/etc/shadow'"),
+    ],
+)
+def test_data_file_names_are_read_like_backing_names(store, name, message):
+    data = (FIXTURES / "misc/data-file.qcow2").read_bytes()
+    import imgchain.formats.qcow2 as q
+
+    h = q.decode(data).header
+    at = h.header_length
+    exts = craft.ext(q.EXT_DATA_FILE, name) + b"\0" * 8
+    image = bytearray(data)
+    image[at:512] = exts + b"\0" * (512 - at - len(exts))
+    put(store / "root/d.qcow2", bytes(image))
+    report = audit(["root"], roots=["root"])
+    assert message in only(report, "backing-outside-root").message
+
+
+def test_network_data_file(store):
+    data = (FIXTURES / "misc/data-file.qcow2").read_bytes()
+    import imgchain.formats.qcow2 as q
+
+    at = q.decode(data).header.header_length
+    exts = craft.ext(q.EXT_DATA_FILE, b"nbd://evil.example/x") + b"\0" * 8
+    image = bytearray(data)
+    image[at:512] = exts + b"\0" * (512 - at - len(exts))
+    put(store / "d.qcow2", bytes(image))
+    assert "data file 'nbd://evil.example/x'" in only(audit(["d.qcow2"]), "backing-network").message
+
+
+def test_a_deep_folder_tree_is_walked(store):
+    deep = store / "deep"
+    folder = deep
+    folder.mkdir()
+    for _ in range(1200):  # deeper than Python's recursion limit
+        folder = folder / "a"
+        folder.mkdir()
+    put(folder / "disk.raw", b"\0" * 512)
+    put(deep / "top.raw", b"\0" * 512)
+    report = audit([str(deep)])
+    assert len(report.images) == 2
+    assert report.findings == []
+
+
+def test_unreadable_folder_is_a_finding(store, monkeypatch):
+    put(store / "s/ok.raw", b"\0" * 512)
+    put(store / "s/locked/x.raw", b"\0" * 512)
+    real = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = audit(["s"])
+    f = only(report, "image-unreadable")
+    assert f.image == "s/locked" and "Permission denied" in f.message
+    assert [e.path for e in report.images] == ["s/ok.raw"]
+
+
+def test_dangling_symlink_in_a_store_is_reported_and_symlinked_folders_skipped(store):
+    put(store / "s/ok.raw", b"\0" * 512)
+    os.symlink("gone.qcow2", store / "s/lost.qcow2")
+    os.symlink("/etc", store / "s/etc-link")
+    report = audit(["s"])
+    assert [(f.code, f.image) for f in report.findings] == [("image-unreadable", "s/lost.qcow2")]
+
+
+def test_graph_draws_loops(store, capsys):
+    put(store / "a.qcow2", qcow2_naming("b.qcow2", "qcow2"))
+    put(store / "b.qcow2", qcow2_naming("a.qcow2", "qcow2"))
+    put(store / "c.qcow2", qcow2_naming("a.qcow2", "qcow2"))
+    main(["audit", "."])
+    out = capsys.readouterr().out
+    graph = out[out.index("Backing graph") :]
+    for name in ("./a.qcow2", "./b.qcow2", "./c.qcow2"):
+        assert name in graph
+    assert "on a loop" in graph
+    assert out.count("backing-loop") == 1

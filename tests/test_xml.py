@@ -434,3 +434,38 @@ def test_verify_bad_xml_is_one_line(images, capsys, text):
 def test_read_disks_refuses_unknown_source():
     with pytest.raises(XmlError, match="has none of"):
         read_disks("<disk type='file'><source file='/x'/><backingStore type='file'><source/></backingStore></disk>")
+
+
+def test_verify_never_opens_a_fifo(tmp_path, capsys):
+    os.mkfifo(tmp_path / "domain.xml")
+    assert main(["xml", "--verify", str(tmp_path / "domain.xml")]) == EXIT_FAIL
+    assert capsys.readouterr().err.endswith("not a regular file; not opened\n")
+
+
+def test_top_path_keeps_dot_dot_after_a_symlink(tmp_path, monkeypatch, capsys):
+    """``link/../top.qcow2`` is far/top.qcow2 when link -> far/deep: the XML
+    must name that file, not a decoy ./top.qcow2 that normalising would give."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "far/deep").mkdir(parents=True)
+    (tmp_path / "far/base.raw").write_bytes(b"\0" * 512)
+    (tmp_path / "far/top.qcow2").write_bytes(overlay(b"base.raw", b"raw"))
+    (tmp_path / "top.qcow2").write_bytes(b"decoy")
+    os.symlink("far/deep", tmp_path / "link")
+    assert main(["xml", "--layout", "flat", "link/../top.qcow2"]) == EXIT_OK
+    disk = parse_disk(ET.fromstring(capsys.readouterr().out))
+    assert [x.path for x in disk.chain.layers] == [f"{tmp_path}/link/../top.qcow2", f"{tmp_path}/link/../base.raw"]
+    (tmp_path / "v.xml").write_text(to_xml(disk, "nested"))
+    assert verify(capsys, tmp_path / "v.xml")[0] == EXIT_OK
+    # The same chain declared with the normalised (wrong) base path is a difference.
+    wrong = Disk(DiskChain((disk.chain.layers[0], DiskLayer("file", f"{tmp_path}/base.raw", format="raw"))))
+    (tmp_path / "w.xml").write_text(to_xml(wrong, "nested"))
+    code, lines = verify(capsys, tmp_path / "w.xml")
+    assert code == EXIT_FAIL and any(": path: " in line for line in lines)
+
+
+def test_verify_network_layers_with_credentials_match(images, capsys):
+    (images / "n.qcow2").write_bytes(overlay(b"https://user:pw@example.org/x.img?q=1", b"raw"))
+    assert main(["xml", "--layout", "backingstore", "n.qcow2"]) == EXIT_OK
+    (images / "n.xml").write_text(capsys.readouterr().out)
+    code, lines = verify(capsys, images / "n.xml")
+    assert code == EXIT_OK, lines
