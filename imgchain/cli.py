@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from imgchain import __version__
 from imgchain.errors import ImgChainError, PathError
@@ -117,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="warning",
         help="the least severity that makes the exit status 1 (default warning)",
     )
-    aud.add_argument("--output", choices=("human", "json"), default="human", help="output format (default human)")
+    aud.add_argument(
+        "--output",
+        choices=("human", "json", "jsonl"),
+        default="human",
+        help="human (default), one JSON document, or JSON lines: one object per image",
+    )
     aud.add_argument("paths", metavar="PATH", nargs="+")
     aud.set_defaults(run=_run_audit)
     return parser
@@ -226,14 +231,57 @@ def _run_audit(args: argparse.Namespace) -> int:
     for root in args.root:
         if not os.path.isdir(root):
             raise _usage(f"--root {root!r} is not a directory")
+    progress = _progress()
     try:
-        report = audit(args.paths, args.format, roots=args.root, max_depth=args.max_depth or MAX_DEPTH)
+        report = audit(
+            args.paths, args.format, roots=args.root, max_depth=args.max_depth or MAX_DEPTH, on_image=progress
+        )
     except PathError as exc:
         print(f"imgchain: {exc.describe()}", file=sys.stderr)
         return EXIT_USAGE
-    _write(out.to_json(report) + "\n" if args.output == "json" else _printable(out.human(report)))
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.output == "jsonl":
+        for line in out.json_lines(report):
+            _write(line + "\n")
+    elif args.output == "json":
+        _write(out.to_json(report) + "\n")
+    else:
+        _write(_printable(out.human(report)))
     worst = report.worst()
     return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
+
+
+class _Progress:
+    """A progress display (count, rate, ETA) on stderr, by tqdm."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if total < _PROGRESS_FROM:
+                return
+            from tqdm import tqdm  # only when it is shown
+
+            self.bar = tqdm(total=total, unit="image", file=sys.stderr, leave=False, mininterval=0.2)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+#: Audits of fewer images finish too soon to need a progress display.
+_PROGRESS_FROM = 1000
+
+
+def _progress() -> _Progress | None:
+    """A progress display when both the output and stderr are a terminal."""
+    if sys.stderr.isatty() and sys.stdout.isatty():
+        return _Progress()
+    return None
 
 
 def _read_xml(path: str) -> bytes:

@@ -549,3 +549,35 @@ def test_graph_draws_loops(store, capsys):
         assert name in graph
     assert "on a loop" in graph
     assert out.count("backing-loop") == 1
+
+
+def test_jsonl_streams_one_object_per_image(store, capsys):
+    build_store(store)
+    assert main(["audit", "--output", "jsonl", "."]) == EXIT_FAIL
+    lines = capsys.readouterr().out.splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert [o["path"] for o in objects] == [
+        "./bases/base.raw",
+        "./bases/unused.raw",
+        "./vm1/mid.qcow2",
+        "./vm1/top.qcow2",
+        "./vm2/disk.qcow2",
+        "./vm3/orphan.qcow2",
+    ]
+    orphan = objects[-1]
+    assert [f["code"] for f in orphan["findings"]] == ["backing-missing"]
+    assert objects[0]["dependents"] == ["./vm1/mid.qcow2", "./vm2/disk.qcow2"]
+
+
+def test_progress_only_on_a_terminal(store, capsys, monkeypatch):
+    import imgchain.cli as cli
+
+    for i in range(cli._PROGRESS_FROM):
+        put(store / f"s/{i:04d}.raw", b"")
+    assert main(["audit", "--output", "json", "s"]) == EXIT_OK
+    assert capsys.readouterr().err == ""  # piped: no progress display
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert main(["audit", "--output", "json", "s"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "/1000" in err and "image/s" in err  # count and rate (tqdm shows the ETA as it runs)

@@ -10,7 +10,7 @@ from imgchain.audit import AuditReport, ImageEntry
 from imgchain.errors import shown
 from imgchain.policy import Finding, Severity
 
-__all__ = ["finding_dict", "human", "image_dict", "to_json"]
+__all__ = ["finding_dict", "human", "image_dict", "json_lines", "to_json"]
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
@@ -37,6 +37,20 @@ def image_dict(e: ImageEntry) -> dict[str, Any]:
         "dependents": sorted(e.dependents),
         "worst": e.worst.label if e.worst is not None else None,
     }
+
+
+def json_lines(report: AuditReport) -> Iterator[str]:
+    """One JSON object per image, its findings in it, one per line; then one
+    line for each other place with findings (a folder that could not be read,
+    a file that could not be read as an image)."""
+    by_image: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        by_image.setdefault(f.image, []).append(f)
+    for entry in report.images:
+        found = by_image.pop(entry.path, [])
+        yield json.dumps({**image_dict(entry), "findings": [finding_dict(f) for f in found]}, ensure_ascii=True)
+    for path, found in by_image.items():
+        yield json.dumps({"path": path, "findings": [finding_dict(f) for f in found]}, ensure_ascii=True)
 
 
 def to_json(report: AuditReport) -> str:
