@@ -71,12 +71,12 @@ class AuditReport:
         return max((f.severity for f in self.findings), default=None)
 
 
-def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None) -> Iterator[str]:
-    """The files to audit: each named file, and every file under each named
-    directory (sorted, depth first; symlinks are yielded, not followed, and
-    left to the caller's root check).  A named path that cannot be read
-    raises PathError; a folder below one that cannot be read is added to
-    ``unreadable`` as (path, reason) and the walk goes on."""
+def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, bool]]:
+    """The files to audit, as (path, is a symlink): each named file, and
+    every file under each named directory (sorted, depth first; symlinks are
+    yielded, not followed, and left to the caller's root check).  A named
+    path that cannot be read raises PathError; a folder below one that cannot
+    be read is added to ``unreadable`` as (path, reason) and the walk goes on."""
     for path in paths:
         try:
             st = os.stat(path)
@@ -85,12 +85,12 @@ def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = No
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(path, unreadable)
         elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            yield path
+            yield path, False
         else:
             raise PathError(path, "not a regular file, block device or directory; not opened")
 
 
-def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[str]:
+def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tuple[str, bool]]:
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -106,8 +106,10 @@ def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[st
         subfolders = []
         for entry in entries:
             try:
-                if entry.is_symlink() or entry.is_file(follow_symlinks=False):
-                    yield entry.path
+                if entry.is_symlink():
+                    yield entry.path, True
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry.path, False
                 elif entry.is_dir(follow_symlinks=False):
                     subfolders.append(entry.path)
             except OSError:
@@ -286,8 +288,8 @@ class _Audit:
 
     # -- the two passes ---------------------------------------------------------------------------
 
-    def read_named(self, path: str) -> _Node | None:
-        if os.path.islink(path):
+    def read_named(self, path: str, is_link: bool) -> _Node | None:
+        if is_link:
             # A symlink in a folder: checked against the roots before anything
             # is looked at through it, then followed to files, not folders.
             try:
@@ -436,8 +438,8 @@ def audit(
     for folder, reason in unreadable:
         run.add(finding("image-unreadable", folder, (folder,), f"the folder cannot be read: {reason}"))
     named: list[_Node] = []
-    for done, path in enumerate(files, 1):
-        node = run.read_named(path)
+    for done, (path, is_link) in enumerate(files, 1):
+        node = run.read_named(path, is_link)
         if node is not None:
             named.append(node)
         if on_image is not None:

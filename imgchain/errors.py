@@ -74,7 +74,11 @@ class ImgChainError(Exception):
 def shown(path: str) -> str:
     """A file name safe to print on a terminal: as it is when it is plain
     printable text, else quoted with its odd characters escaped."""
-    if path.isprintable() and path.strip() == path and not any("\udc80" <= c <= "\udcff" for c in path):
+    if path.isprintable() and path.strip() == path:
+        try:
+            path.encode("utf-8")  # undecodable bytes are lone surrogates, which do not encode
+        except UnicodeEncodeError:
+            return repr(path)
         return path
     return repr(path)
 

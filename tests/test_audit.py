@@ -508,9 +508,15 @@ def test_a_deep_folder_tree_is_walked(store):
         folder.mkdir()
     put(folder / "disk.raw", b"\0" * 512)
     put(deep / "top.raw", b"\0" * 512)
-    report = audit([str(deep)])
-    assert len(report.images) == 2
-    assert report.findings == []
+    try:
+        report = audit([str(deep)])
+        assert len(report.images) == 2
+        assert report.findings == []
+    finally:  # bottom up: shutil.rmtree (and pytest's clean-up) recurse per level
+        (folder / "disk.raw").unlink()
+        while folder != deep:
+            folder.rmdir()
+            folder = folder.parent
 
 
 def test_unreadable_folder_is_a_finding(store, monkeypatch):
