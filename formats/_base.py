@@ -123,7 +123,8 @@ def unpack(layout: Struct, data: bytes, fmt: str, what: str, offset: int) -> tup
     from :meth:`Window.get`, which guarantees its length, so reaching the
     ``except`` means a layout bug, reported rather than crashed on."""
     try:
-        return flat(layout).struct.unpack(data)
+        compiled = _FLAT.get(id(layout)) or flat(layout)
+        return compiled.struct.unpack(data)
     except (ConstructError, struct.error, TypeError) as exc:  # pragma: no cover - lengths are guaranteed
         raise FormatError(fmt, f"cannot decode {what}: {exc}", field=what, offset=offset) from None
 

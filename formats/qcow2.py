@@ -406,7 +406,9 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
     version = int.from_bytes(first[4:8], "big")
     if version not in (2, 3):
         raise _unsupported(f"version {version} unsupported (qcow2 has versions 2 and 3)", "version", version)
-    common = unpack(QCOW2_HEADER, win.get(0, V2_HEADER_LENGTH, NAME, "header"), NAME, "header", 0)
+    # One look at the whole fixed header (version 3 is the common case).
+    fixed = win.get(0, V2_HEADER_LENGTH if version == 2 else V3_MIN_HEADER_LENGTH, NAME, "header")
+    common = unpack(QCOW2_HEADER, fixed[:V2_HEADER_LENGTH], NAME, "header", 0)
     cluster_bits = common[4]
     if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
         raise _bad(
@@ -415,10 +417,7 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
     if version == 2:
         header = Qcow2Header._make(common + _V2_DEFAULTS)
     else:
-        tail = win.get(
-            V2_HEADER_LENGTH, V3_MIN_HEADER_LENGTH - V2_HEADER_LENGTH, NAME, "version 3 header", V2_HEADER_LENGTH
-        )
-        v3 = unpack(QCOW2_HEADER_V3, tail, NAME, "version 3 header", V2_HEADER_LENGTH)
+        v3 = unpack(QCOW2_HEADER_V3, fixed[V2_HEADER_LENGTH:], NAME, "version 3 header", V2_HEADER_LENGTH)
         header_length = v3[4]
         if header_length < V3_MIN_HEADER_LENGTH:
             raise _bad(f"header_length {header_length} below {V3_MIN_HEADER_LENGTH}", "header_length", header_length)

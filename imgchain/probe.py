@@ -62,6 +62,10 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY
 
 T = TypeVar("T")
 
+#: Formats whose content is decoded a second time, as a prober would see it,
+#: when an image is declared as something else (raw has nothing to show).
+_DECODED_WHEN_DIFFERENT = frozenset(name for name in formats.names() if name != formats.raw.NAME)
+
 
 def _pread(fd: int, length: int, offset: int) -> bytes:
     """One positioned read: one system call, no shared file offset.
@@ -287,7 +291,7 @@ def read_image(
         raise _os_error(path, exc) from None
     try:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != info.identity or _kind(st.st_mode) != info.kind:
+        if st.st_ino != info.ino or st.st_dev != info.dev or _kind(st.st_mode) != info.kind:
             raise ImageAccessError(path, "the file changed while it was being opened")
         size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
         reader = _Reader(fd, path)
@@ -306,7 +310,7 @@ def read_image(
             exc.probed_format = probed
             raise
         content: formats.DecodedImage | FormatError | None = None
-        if probed != module.NAME and probed in formats.names() and probed != formats.raw.NAME:
+        if probed != module.NAME and probed in _DECODED_WHEN_DIFFERENT:
             # What a host that probes would have taken this file for.
             try:
                 content = reader.fill(formats.by_name(probed).decode, win, probed)
@@ -332,16 +336,7 @@ def read_image(
         os.close(fd)
     if info.kind == "block":
         info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
+    # (positional: the fields in order, as this is run for every image)
     return Image(
-        path=path,
-        file=info,
-        format=module.NAME,
-        format_source=source,
-        probed_format=probed,
-        decoded=decoded,
-        content=content,
-        snapshots=snapshots,
-        bitmaps=bitmaps,
-        luks=luks_header,
-        bytes_read=reader.total,
+        path, info, module.NAME, source, probed, decoded, content, snapshots, bitmaps, luks_header, reader.total
     )
