@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imgchain.chain import MAX_DEPTH
 from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError, PathError
@@ -44,22 +45,6 @@ from imgchain.policy import (
 from imgchain.probe import FileInfo, outside_roots, read_image, stat_image
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
-
-
-@dataclass(slots=True)
-class ImageEntry:
-    """One image of the report."""
-
-    path: str
-    named: bool  #: found under a named path (not only reached through a chain)
-    format: str | None = None
-    format_source: str | None = None  #: "given", "recorded" or "probed"
-    probed_format: str | None = None
-    virtual_size: int | None = None
-    backing: str | None = None  #: the backing file's name as it resolves
-    backing_format: str | None = None
-    dependents: list[str] = field(default_factory=list)
-    worst: Severity | None = None
 
 
 @dataclass(slots=True)
@@ -117,56 +102,97 @@ def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tu
         stack.extend(reversed(subfolders))
 
 
-class _Node:
-    """One file read in one format: what the audit needs of it, nothing more."""
+class ImageEntry:
+    """One image of the audit: one file read in one format, with what the
+    report says of it and what the walk needs, and nothing more (a store may
+    hold a hundred thousand of them).
+
+    Public: ``path``, ``named`` (found under a named path, not only reached
+    through a chain), ``format`` (None if it could not be read),
+    ``format_source`` ("given", "recorded" or "probed"), ``probed_format``,
+    ``virtual_size``, ``backing`` (the backing name as it resolves),
+    ``backing_format``, ``dependents`` (the overlays whose backing file this
+    is) and ``worst`` (the worst severity of its findings).
+    """
 
     __slots__ = (
-        "backing",
+        "_dependents",
         "backing_format",
         "backing_name",
-        "dependents",
         "depth",
-        "error",
-        "expanded",
+        "flags",
         "format",
-        "identity",
-        "named",
+        "format_source",
         "next",
         "path",
-        "probed",
-        "source",
-        "truncated",
+        "probed_format",
         "via",
         "virtual_size",
+        "worst",
     )
 
-    def __init__(self, path: str, identity: tuple[int, int] | None, source: str) -> None:
+    NAMED, EXPANDED, TRUNCATED, MEASURED, FAILED, OVERLAY = 1, 2, 4, 8, 16, 32
+
+    def __init__(self, path: str, source: str | None) -> None:
         self.path = path
-        self.identity = identity
-        self.source = source
-        self.named = False
+        self.format_source = source
+        self.flags = 0
+        #: Layers from a named image while the edges are followed; then, once
+        #: MEASURED, the layers of its own chain (LOOP on a loop).
         self.depth = 0
-        self.via: _Node | None = None
-        self.next: _Node | None = None
+        self.via: ImageEntry | None = None
+        self.next: ImageEntry | None = None
         self.format: str | None = None
-        self.probed: str | None = None
+        self.probed_format: str | None = None
         self.virtual_size: int | None = None
         self.backing_name: str | None = None
-        self.backing: str | None = None
         self.backing_format: str | None = None
-        self.error: ImgChainError | None = None
-        self.dependents: list[str] | None = None
-        self.expanded = False
-        self.truncated = False
+        self._dependents: list[ImageEntry] | None = None
+        self.worst: Severity | None = None
+
+    @property
+    def named(self) -> bool:
+        return bool(self.flags & self.NAMED)
+
+    @property
+    def backing(self) -> str | None:
+        """The backing file's name as it resolves (made when asked for)."""
+        return None if self.backing_name is None else combine(self.path, self.backing_name)
+
+    @property
+    def dependents(self) -> list[str]:
+        """The paths of the overlays whose backing file this is, sorted."""
+        return sorted(d.path for d in self._dependents or ())
+
+    @property
+    def dependent_entries(self) -> list[ImageEntry]:
+        """The overlays themselves, in path order."""
+        return sorted(self._dependents or (), key=lambda d: d.path)
+
+    @property
+    def is_overlay(self) -> bool:
+        """Whether this image's backing file is an image of the report."""
+        return bool(self.flags & self.OVERLAY)
+
+    def add_dependent(self, overlay: ImageEntry) -> None:
+        if self._dependents is None:
+            self._dependents = []
+        if overlay not in self._dependents:
+            self._dependents.append(overlay)
+            overlay.flags |= self.OVERLAY
 
     def chain(self) -> tuple[str, ...]:
         """The layers from a named image down to this one."""
         names: list[str] = []
-        node: _Node | None = self
+        node: ImageEntry | None = self
         while node is not None and len(names) <= MAX_DEPTH * 2:
             names.append(node.path)
             node = node.via
         return tuple(reversed(names))
+
+
+def _identity(info: FileInfo) -> int:
+    return info.dev << 64 | info.ino
 
 
 class _Audit:
@@ -174,9 +200,10 @@ class _Audit:
         self.fmt = fmt
         self.roots = roots
         self.max_depth = max_depth
-        self.nodes: dict[tuple[tuple[int, int], str | None], _Node] = {}
-        self.order: list[_Node] = []  # every node, in the order first read
+        #: Each file read once per format asked for: format (None: probed) -> identity -> entry.
+        self.nodes: dict[str | None, dict[int, ImageEntry]] = {}
         self.findings: dict[tuple[object, ...], Finding] = {}
+        self.sizes: dict[int, int] = {}
 
     # -- findings --------------------------------------------------------------------------
 
@@ -189,53 +216,54 @@ class _Audit:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def node(self, path: str, info: FileInfo, fmt: str | None, source: str, via: _Node | None) -> _Node:
-        """The node of ``info``'s file read as ``fmt`` (None: probed), read
+    def node(self, path: str, info: FileInfo, fmt: str | None, source: str, via: ImageEntry | None) -> ImageEntry:
+        """The entry of ``info``'s file read as ``fmt`` (None: probed), read
         now if it has not been yet."""
-        key = (info.identity, fmt)
-        node = self.nodes.get(key)
+        ident = _identity(info)
+        node = self.nodes.get(fmt, {}).get(ident)
         if node is None and fmt is not None:
-            probed = self.nodes.get((info.identity, None))
-            if probed is not None and probed.probed == fmt and probed.error is None:
+            probed = self.nodes.get(None, {}).get(ident)
+            if probed is not None and probed.probed_format == fmt and not probed.flags & ImageEntry.FAILED:
                 node = probed  # the same reading
         if node is not None:
             return node
-        node = _Node(path, info.identity, source)
+        node = ImageEntry(path, source)
         node.via = via
         node.depth = via.depth + 1 if via is not None else 0
-        self.nodes[key] = node
-        self.order.append(node)
+        self.nodes.setdefault(fmt, {})[ident] = node
         chain = node.chain()
         try:
             image = read_image(path, fmt, tables=False, info=info)
         except FormatError as exc:
-            node.error = exc
-            node.probed = exc.probed_format
+            node.probed_format, node.format_source = exc.probed_format, None
+            node.flags |= ImageEntry.FAILED
             if fmt is not None and exc.probed_format not in (None, fmt):
                 by = "-f" if via is None else repr(via.path)
-                self.add(mismatch_finding(path, fmt, by, exc.probed_format, None, chain, str(exc)), info.identity, fmt)
+                self.add(mismatch_finding(path, fmt, by, exc.probed_format, None, chain, str(exc)), ident, fmt)
             else:
-                self.add(error_finding(exc, path, None, chain), info.identity)
+                self.add(error_finding(exc, path, None, chain), ident)
             return node
         except ImgChainError as exc:
-            node.error = exc
-            self.add(error_finding(exc, path, None, chain), info.identity)
+            node.format_source = None
+            node.flags |= ImageEntry.FAILED
+            self.add(error_finding(exc, path, None, chain), ident)
             return node
         d = image.decoded
-        node.format, node.probed, node.virtual_size = image.format, image.probed_format, d.virtual_size
-        node.backing_name, node.backing_format = d.backing_filename, d.backing_format
-        if d.backing_filename is not None:
-            node.backing = combine(path, d.backing_filename)
+        node.format, node.probed_format = image.format, image.probed_format
+        node.virtual_size = self.sizes.setdefault(d.virtual_size, d.virtual_size)  # one int per size, not per image
+        node.backing_name = d.backing_filename
+        # One string for each format name, not one per image (a store has many).
+        node.backing_format = None if d.backing_format is None else sys.intern(d.backing_format)
         for f in header_findings(path, d, chain):
-            self.add(f, info.identity, f.message)
+            self.add(f, ident, f.message)
         if d.data_file:
             self.data_file(node, d.data_file)
         if fmt is not None and image.probed_format != fmt:
             by = "-f" if via is None else repr(via.path)
-            self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), info.identity, fmt)
+            self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
 
-    def stat(self, path: str, owner: _Node | None) -> FileInfo | None:
+    def stat(self, path: str, owner: ImageEntry | None) -> FileInfo | None:
         """``stat`` a would-be image, or record why it cannot be one."""
         try:
             self.check_roots(path)
@@ -252,7 +280,7 @@ class _Audit:
             if where is not None:
                 raise OutsideRootError(path, f"resolves to {where!r}, outside every --root; not opened")
 
-    def data_file(self, node: _Node, name: str) -> None:
+    def data_file(self, node: ImageEntry, name: str) -> None:
         """A qcow2's external data file name: read as qemu reads it, and, with
         roots, checked against them (it is never opened)."""
         chain = (*node.chain(), name)
@@ -288,7 +316,7 @@ class _Audit:
 
     # -- the two passes ---------------------------------------------------------------------------
 
-    def read_named(self, path: str, is_link: bool) -> _Node | None:
+    def read_named(self, path: str, is_link: bool) -> ImageEntry | None:
         if is_link:
             # A symlink in a folder: checked against the roots before anything
             # is looked at through it, then followed to files, not folders.
@@ -305,21 +333,22 @@ class _Audit:
         if info is None:
             return None
         node = self.node(path, info, self.fmt, "given" if self.fmt else "probed", None)
-        node.named = True
+        node.flags |= ImageEntry.NAMED
         node.depth = 0
         node.via = None
         return node
 
-    def expand(self, node: _Node) -> None:
-        """Resolve ``node``'s backing name to a node (the edge), with the
+    def expand(self, node: ImageEntry) -> None:
+        """Resolve ``node``'s backing name to an entry (the edge), with the
         edge's findings."""
-        node.expanded = True
-        name, full = node.backing_name, node.backing
-        if name is None or full is None or node.error is not None:
+        node.flags |= ImageEntry.EXPANDED
+        name = node.backing_name
+        if name is None or node.flags & ImageEntry.FAILED:
             return
         if node.depth + 1 >= self.max_depth:
-            node.truncated = True  # the chain goes on past the depth limit
+            node.flags |= ImageEntry.TRUNCATED  # the chain goes on past the depth limit
             return
+        full = combine(node.path, name)
         recorded = node.backing_format
         protocol = protocol_of(full)
         if protocol is not None:
@@ -331,10 +360,11 @@ class _Audit:
                 self.add(error_finding(exc, full, node.path, (*node.chain(), full)), node.path, full)
                 return
             if not isinstance(parsed.source, LocalPath):
+                chain = (*node.chain(), full)
                 message = f"backing file {full!r} is a {protocol} source, which cannot be verified offline"
-                self.add(finding("backing-network", node.path, (*node.chain(), full), message, target=full))
+                self.add(finding("backing-network", node.path, chain, message, target=full))
                 if recorded is None and parsed.format is None:
-                    self.add(unrecorded_finding(node.path, node.format or "", name, None, False, (*node.chain(), full)))
+                    self.add(unrecorded_finding(node.path, node.format or "", name, None, False, chain))
                 return
             full, recorded = parsed.source.path, recorded or parsed.format
         info = self.stat(full, node)
@@ -345,31 +375,29 @@ class _Audit:
         if recorded is None:
             nested = target.backing_name is not None
             chain = (*node.chain(), full)
-            self.add(unrecorded_finding(node.path, node.format or "", name, target.probed, nested, chain))
+            self.add(unrecorded_finding(node.path, node.format or "", name, target.probed_format, nested, chain))
         node.next = target
-        if target.dependents is None:
-            target.dependents = []
-        if node.path not in target.dependents:
-            target.dependents.append(node.path)
+        target.add_dependent(node)
 
-    def chains(self, named: list[_Node]) -> None:
-        """Follow each named image's chain along the edges: loops and depth."""
+    def chains(self, named: list[ImageEntry]) -> None:
+        """Follow each named image's chain along the edges: loops and depth.
+        Each entry's chain length is worked out once (in its ``depth``)."""
         loop = -1
-        length: dict[int, int] = {}
+        measured = ImageEntry.MEASURED
         reported: set[frozenset[int]] = set()
         for top in named:
-            path: list[_Node] = []
+            path: list[ImageEntry] = []
             seen: dict[int, int] = {}
-            node: _Node | None = top
-            while node is not None and id(node) not in length and id(node) not in seen:
+            node: ImageEntry | None = top
+            while node is not None and not node.flags & measured and id(node) not in seen:
                 seen[id(node)] = len(path)
                 path.append(node)
                 node = node.next
             if node is None:
                 tail = 0
-            elif id(node) in length:
-                tail = length[id(node)]
-            else:  # back to a node of this very walk: a loop
+            elif node.flags & measured:
+                tail = node.depth
+            else:  # back to an entry of this very walk: a loop
                 start = seen[id(node)]
                 cycle = frozenset(id(n) for n in path[start:])
                 if cycle not in reported:
@@ -380,45 +408,44 @@ class _Audit:
                     chain = (*(n.path for n in path), again)
                     self.add(finding("backing-loop", closing.path, chain, message, target=again), cycle)
                 for n in path[start:]:
-                    length[id(n)] = loop
+                    n.depth, n.flags = loop, n.flags | measured
                 path = path[:start]
                 tail = loop
             for n in reversed(path):
                 if tail != loop:
-                    tail = self.max_depth + 1 if n.truncated else tail + 1
-                length[id(n)] = tail
-            total = length[id(top)]
-            if total > self.max_depth:
+                    tail = self.max_depth + 1 if n.flags & ImageEntry.TRUNCATED else tail + 1
+                n.depth, n.flags = tail, n.flags | measured
+            if top.depth > self.max_depth:
                 message = f"the chain has more than {self.max_depth} layers (--max-depth)"
                 self.add(finding("backing-too-deep", top.path, (top.path,), message), top.path)
 
     def report(self) -> AuditReport:
-        entries: dict[tuple[int, int] | str, ImageEntry] = {}
-        for node in self.order:
-            key: tuple[int, int] | str = node.identity if node.identity is not None else node.path
-            entry = entries.get(key)
-            if entry is None:
-                entry = entries[key] = ImageEntry(
-                    path=node.path,
-                    named=node.named,
-                    format=node.format,
-                    format_source=node.source if node.error is None else None,
-                    probed_format=node.probed,
-                    virtual_size=node.virtual_size,
-                    backing=node.backing,
-                    backing_format=node.backing_format,
-                )
-            entry.named = entry.named or node.named
-            for d in node.dependents or ():
-                if d not in entry.dependents:
-                    entry.dependents.append(d)
-        by_path = {e.path: e for e in entries.values()}
+        """Each file once (its first reading, with the overlays of all its
+        readings), sorted by path, with its worst finding."""
+        readings = list(self.nodes.values())
+        if len(readings) == 1:
+            images = list(readings[0].values())
+        else:  # a file read in more than one format: report it once
+            first: dict[int, ImageEntry] = {}
+            for by_identity in readings:
+                for ident, node in by_identity.items():
+                    kept = first.setdefault(ident, node)
+                    if kept is not node:
+                        kept.flags |= node.flags & ImageEntry.NAMED
+                        for d in node._dependents or ():
+                            kept.add_dependent(d)
+            images = list(first.values())
+        self.nodes.clear()
+        images.sort(key=lambda e: e.path)
         findings = sorted(self.findings.values(), key=lambda f: (-f.severity, f.image, f.code, f.message))
+        worst: dict[str, Severity] = {}
         for f in findings:
-            entry = by_path.get(f.image)
-            if entry is not None and (entry.worst is None or f.severity > entry.worst):
-                entry.worst = f.severity
-        return AuditReport(sorted(entries.values(), key=lambda e: e.path), findings)
+            worst[f.image] = max(worst.get(f.image, f.severity), f.severity)
+        for entry in images:
+            entry.next = entry.via = None  # the walk is over: let go of the graph
+            if worst:
+                entry.worst = worst.get(entry.path)
+        return AuditReport(images, findings)
 
 
 def audit(
@@ -431,26 +458,31 @@ def audit(
 ) -> AuditReport:
     """Audit every image under ``paths``.  ``fmt`` declares the format of
     the named images, as a VM definition would.  ``on_image(done, total)``
-    is called as the named images are read (for a progress display)."""
+    is called as the named images are read (for a progress display; the
+    files are then listed first, to know the total)."""
     run = _Audit(fmt, tuple(os.path.realpath(r) for r in roots), max_depth)
     unreadable: list[tuple[str, str]] = []
-    files = list(discover(paths, unreadable))
-    for folder, reason in unreadable:
-        run.add(finding("image-unreadable", folder, (folder,), f"the folder cannot be read: {reason}"))
-    named: list[_Node] = []
-    for done, (path, is_link) in enumerate(files, 1):
+    found: Iterable[tuple[str, bool]] = discover(paths, unreadable)
+    total = 0
+    if on_image is not None:
+        found = list(found)
+        total = len(found)
+    named: list[ImageEntry] = []
+    for done, (path, is_link) in enumerate(found, 1):
         node = run.read_named(path, is_link)
         if node is not None:
             named.append(node)
         if on_image is not None:
-            on_image(done, len(files))
+            on_image(done, total)
+    for folder, reason in unreadable:
+        run.add(finding("image-unreadable", folder, (folder,), f"the folder cannot be read: {reason}"))
     queue = deque(named)
     while queue:
         node = queue.popleft()
-        if node.expanded:
+        if node.flags & ImageEntry.EXPANDED:
             continue
         run.expand(node)
-        if node.next is not None and not node.next.expanded:
+        if node.next is not None and not node.next.flags & ImageEntry.EXPANDED:
             queue.append(node.next)
     run.chains(named)
     return run.report()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from imgchain import __version__
@@ -134,6 +134,14 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+def _write_all(pieces: Iterable[str]) -> None:
+    """Write a long output piece by piece (never one string in memory)."""
+    out = sys.stdout.buffer
+    for piece in pieces:
+        out.write(piece.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from imgchain.chain import MAX_DEPTH, resolve_chain
     from imgchain.emit import qemu
@@ -243,12 +251,11 @@ def _run_audit(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     if args.output == "jsonl":
-        for line in out.json_lines(report):
-            _write(line + "\n")
+        _write_all(line + "\n" for line in out.json_lines(report))
     elif args.output == "json":
-        _write(out.to_json(report) + "\n")
+        _write_all(out.json_chunks(report))
     else:
-        _write(_printable(out.human(report)))
+        _write_all(_printable(line) + "\n" for line in out.human_lines(report))
     worst = report.worst()
     return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
 

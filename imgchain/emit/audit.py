@@ -10,7 +10,7 @@ from imgchain.audit import AuditReport, ImageEntry
 from imgchain.errors import shown
 from imgchain.policy import Finding, Severity
 
-__all__ = ["finding_dict", "human", "image_dict", "json_lines", "to_json"]
+__all__ = ["finding_dict", "human", "human_lines", "image_dict", "json_chunks", "json_lines", "to_json"]
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def image_dict(e: ImageEntry) -> dict[str, Any]:
         "virtual_size": e.virtual_size,
         "backing": e.backing,
         "backing_format": e.backing_format,
-        "dependents": sorted(e.dependents),
+        "dependents": e.dependents,
         "worst": e.worst.label if e.worst is not None else None,
     }
 
@@ -53,9 +53,24 @@ def json_lines(report: AuditReport) -> Iterator[str]:
         yield json.dumps({"path": path, "findings": [finding_dict(f) for f in found]}, ensure_ascii=True)
 
 
+def json_chunks(report: AuditReport) -> Iterator[str]:
+    """``{"images": [...], "findings": [...]}`` in pieces, an image or a
+    finding at a time, so that a large store is never one string in memory."""
+
+    def items(objects: Iterator[dict[str, Any]]) -> Iterator[str]:
+        for i, obj in enumerate(objects):
+            text = json.dumps(obj, indent=2, ensure_ascii=True).replace("\n", "\n    ")
+            yield ("," if i else "") + "\n    " + text
+
+    yield '{\n  "images": ['
+    yield from items(image_dict(e) for e in report.images)
+    yield '\n  ],\n  "findings": ['
+    yield from items(finding_dict(f) for f in report.findings)
+    yield "\n  ]\n}\n"
+
+
 def to_json(report: AuditReport) -> str:
-    doc = {"images": [image_dict(e) for e in report.images], "findings": [finding_dict(f) for f in report.findings]}
-    return json.dumps(doc, indent=2, ensure_ascii=True)
+    return "".join(json_chunks(report))
 
 
 _BROKEN = {
@@ -72,13 +87,11 @@ def _tree(report: AuditReport) -> Iterator[str]:
     """The backing graph: every base with its overlays beneath it; overlays
     whose base is missing or elsewhere at the top level, with why; and last,
     images on a loop, which have no base to hang from."""
-    by_path = {e.path: e for e in report.images}
     why: dict[str, str] = {}
     for f in report.findings:
-        if f.code in _BROKEN and f.image in by_path:
+        if f.code in _BROKEN:
             why.setdefault(f.image, _BROKEN[f.code])
-    overlays = {d for e in report.images for d in e.dependents}
-    seen: set[str] = set()
+    seen: set[int] = set()  # id() of the entries drawn
 
     def draw(root: ImageEntry, note: str) -> Iterator[str]:
         # (entry, prefix of its line, prefix of its children's lines); a stack, as chains may be deep
@@ -88,27 +101,21 @@ def _tree(report: AuditReport) -> Iterator[str]:
             suffix = ""
             if entry is root and entry.backing is not None:
                 suffix = f"  ({note or why.get(entry.path, 'its backing file could not be read')}: {entry.backing!r})"
-            if entry.path in seen:
+            if id(entry) in seen:
                 yield f"  {line_prefix}{shown(entry.path)}  (again: the graph loops here)"
                 continue
-            seen.add(entry.path)
+            seen.add(id(entry))
             yield f"  {line_prefix}{shown(entry.path)}{suffix}"
-            children = sorted(entry.dependents)
+            children = entry.dependent_entries
             for i, child in reversed(list(enumerate(children))):
-                last = i == len(children) - 1
-                stack.append(
-                    (
-                        by_path[child],
-                        child_prefix + ("└─ " if last else "├─ "),
-                        child_prefix + ("   " if last else "│  "),
-                    )
-                )
+                branch, under = ("└─ ", "   ") if i == len(children) - 1 else ("├─ ", "│  ")
+                stack.append((child, child_prefix + branch, child_prefix + under))
 
     for entry in report.images:
-        if entry.path not in overlays:
+        if not entry.is_overlay:
             yield from draw(entry, "")
     for entry in report.images:
-        if entry.path not in seen:
+        if id(entry) not in seen:
             yield from draw(entry, "on a loop")
 
 
@@ -117,6 +124,12 @@ def _count(n: int, noun: str) -> str:
 
 
 def human(report: AuditReport) -> str:
+    return "".join(line + "\n" for line in human_lines(report))
+
+
+def human_lines(report: AuditReport) -> Iterator[str]:
+    """The report for people, a line at a time: findings by image, worst
+    first; the backing graph; a count."""
     lines: list[str] = []
     by_image: dict[str, list[Finding]] = {}
     for f in report.findings:
@@ -130,12 +143,12 @@ def human(report: AuditReport) -> str:
             if len(f.chain) > 1:
                 lines.append(f"  {'':8} chain: {' -> '.join(shown(c) for c in f.chain)}")
         lines.append("")
-    lines.append(f"Backing graph ({_count(len(report.images), 'image')}):")
-    lines.extend(_tree(report))
+    yield from lines
+    yield f"Backing graph ({_count(len(report.images), 'image')}):"
+    yield from _tree(report)
     counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
-    lines.append("")
-    lines.append(
+    yield ""
+    yield (
         f"{_count(len(report.images), 'image')}; {_count(counts[Severity.ERROR], 'error')}, "
         f"{_count(counts[Severity.WARNING], 'warning')}, {_count(counts[Severity.INFO], 'note')}"
     )
-    return "\n".join(lines) + "\n"
