@@ -173,14 +173,6 @@ OFFSETS = {
     "compression_type": 104,
 }
 
-_INCOMPAT_NAMES = {
-    0: "dirty bit",
-    1: "corrupt bit",
-    2: "external data file",
-    3: "compression type",
-    4: "extended L2 entries",
-}
-
 
 # -- results -------------------------------------------------------------------
 

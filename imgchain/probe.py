@@ -80,10 +80,6 @@ class FormatSource(str, enum.Enum):
     RECORDED = "recorded"  #: the overlay recorded it (qcow2 backing format, QED no-probe bit)
     PROBED = "probed"  #: nobody did: it was probed from the content
 
-    @property
-    def probed(self) -> bool:
-        return self is FormatSource.PROBED
-
 
 class FileInfo(NamedTuple):
     """What ``stat`` says of an image file."""

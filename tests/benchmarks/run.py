@@ -18,7 +18,6 @@ import argparse
 import compileall
 import contextlib
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -328,5 +327,4 @@ def scale(count: int, small_rss: int, small_n: int) -> list[tuple[str, float, bo
 
 
 if __name__ == "__main__":
-    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
     sys.exit(main())
