@@ -583,15 +583,9 @@ def decode(data: bytes | Window) -> Qcow2Image:
         raw = win.get(h.backing_file_offset, size, NAME, "backing file name", OFFSETS["backing_file_offset"])
         backing = c_string(raw) or None
 
+    # (positional, in field order: this runs for every image)
     return Qcow2Image(
-        header=h,
-        backing_filename=backing,
-        backing_format=backing_format if backing else None,
-        data_file=data_file,
-        feature_table=feature_table,
-        bitmaps_extension=bitmaps,
-        full_disk_encryption=crypto,
-        unknown_extensions=tuple(unknown),
+        h, backing, backing_format if backing else None, data_file, feature_table, bitmaps, crypto, tuple(unknown)
     )
 
 

@@ -183,7 +183,7 @@ def decode(data: bytes | Window) -> QedImage:
             raise _bad(f"backing_filename_size {n} above {MAX_BACKING_FILENAME_SIZE}", "backing_filename_size", n)
         name = win.get(start, n, NAME, "backing file name", OFFSETS["backing_filename_offset"])
         backing = c_string(name) or None
-    return QedImage(header=h, backing_filename=backing)
+    return QedImage(h, backing)
 
 
 def _check_l1_table(h: QedHeader, header_bytes: int, file_size: int) -> None:
