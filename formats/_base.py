@@ -56,6 +56,9 @@ class Window:
         ``ahead``: if bytes must be read, how many the decoder will want from
         ``offset`` on (so that one read serves them all)."""
         end = offset + length
+        first = self._chunks[0][1]
+        if end <= len(first):  # the usual case: inside the first read
+            return first[offset:end]
         if end > self.size:
             raise TruncatedError(
                 fmt,
@@ -80,7 +83,7 @@ class _Flat:
     is still written once, in construct; tests/test_layouts.py proves both
     parse every input alike."""
 
-    __slots__ = ("names", "record", "size", "struct")
+    __slots__ = ("names", "record", "size", "struct", "unpack")
 
     def __init__(self, layout: Struct) -> None:
         order = ""
@@ -101,6 +104,7 @@ class _Flat:
             names.append(field.name)
         self.names = tuple(names)
         self.struct = struct.Struct((order or ">") + "".join(codes))
+        self.unpack = self.struct.unpack
         self.size = self.struct.size
         self.record: Any = namedtuple("_Record", self.names)  # type: ignore[misc]
 
@@ -123,8 +127,7 @@ def unpack(layout: Struct, data: bytes, fmt: str, what: str, offset: int) -> tup
     from :meth:`Window.get`, which guarantees its length, so reaching the
     ``except`` means a layout bug, reported rather than crashed on."""
     try:
-        compiled = _FLAT.get(id(layout)) or flat(layout)
-        return compiled.struct.unpack(data)
+        return (_FLAT.get(id(layout)) or flat(layout)).unpack(data)
     except (ConstructError, struct.error, TypeError) as exc:  # pragma: no cover - lengths are guaranteed
         raise FormatError(fmt, f"cannot decode {what}: {exc}", field=what, offset=offset) from None
 
