@@ -117,6 +117,7 @@ class ImageEntry:
 
     __slots__ = (
         "_dependents",
+        "asked",
         "backing_format",
         "backing_name",
         "depth",
@@ -131,11 +132,12 @@ class ImageEntry:
         "worst",
     )
 
-    NAMED, EXPANDED, TRUNCATED, MEASURED, FAILED, OVERLAY = 1, 2, 4, 8, 16, 32
+    NAMED, EXPANDED, TRUNCATED, MEASURED, FAILED, OVERLAY, ON_LOOP = 1, 2, 4, 8, 16, 32, 64
 
-    def __init__(self, path: str, source: str | None) -> None:
+    def __init__(self, path: str, source: str | None, asked: str | None) -> None:
         self.path = path
         self.format_source = source
+        self.asked = asked  #: the format it was read as (None: probed)
         self.flags = 0
         #: Layers from a named image while the edges are followed; then, once
         #: MEASURED, the layers of its own chain (LOOP on a loop).
@@ -170,22 +172,47 @@ class ImageEntry:
         return sorted(self._dependents or (), key=lambda d: d.path)
 
     @property
+    def truncated(self) -> bool:
+        """Whether the walk stopped below this image at the depth limit."""
+        return bool(self.flags & self.TRUNCATED)
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether this image is on a loop of backing files."""
+        return bool(self.flags & self.ON_LOOP)
+
+    @property
     def is_overlay(self) -> bool:
         """Whether this image's backing file is an image of the report."""
         return bool(self.flags & self.OVERLAY)
 
     def add_dependent(self, overlay: ImageEntry) -> None:
+        """An overlay names this image as its backing file (each overlay has
+        one backing edge, so it comes here once)."""
         if self._dependents is None:
             self._dependents = []
-        if overlay not in self._dependents:
-            self._dependents.append(overlay)
-            overlay.flags |= self.OVERLAY
+        self._dependents.append(overlay)
+        overlay.flags |= self.OVERLAY
+
+    def decodes_as(self, fmt: str | None) -> bool:
+        """Whether reading this file as ``fmt`` (None: probed) gives the
+        same decoding as this entry's."""
+        if self.flags & self.FAILED:
+            return self.asked == fmt
+        return self.format == (fmt if fmt is not None else self.probed_format)
+
+    @property
+    def relative_backing(self) -> bool:
+        """Whether the backing name resolves against the folder of the path
+        the image was reached by (so two paths may mean two chains)."""
+        name = self.backing_name
+        return name is not None and not name.startswith("/") and protocol_of(name) is None
 
     def chain(self) -> tuple[str, ...]:
         """The layers from a named image down to this one."""
         names: list[str] = []
         node: ImageEntry | None = self
-        while node is not None and len(names) <= MAX_DEPTH * 2:
+        while node is not None:  # via always points at an entry made earlier: no loop
             names.append(node.path)
             node = node.via
         return tuple(reversed(names))
@@ -200,8 +227,11 @@ class _Audit:
         self.fmt = fmt
         self.roots = roots
         self.max_depth = max_depth
-        #: Each file read once per format asked for: format (None: probed) -> identity -> entry.
-        self.nodes: dict[str | None, dict[int, ImageEntry]] = {}
+        #: The readings of each file, by identity: one entry (the usual case,
+        #: kept without a list), or a list of them when the file is read in
+        #: another format, or reached from another folder with a relative
+        #: backing name.
+        self.nodes: dict[int, ImageEntry | list[ImageEntry]] = {}
         self.findings: dict[tuple[object, ...], Finding] = {}
         self.sizes: dict[int, int] = {}
 
@@ -220,17 +250,19 @@ class _Audit:
         """The entry of ``info``'s file read as ``fmt`` (None: probed), read
         now if it has not been yet."""
         ident = _identity(info)
-        node = self.nodes.get(fmt, {}).get(ident)
-        if node is None and fmt is not None:
-            probed = self.nodes.get(None, {}).get(ident)
-            if probed is not None and probed.probed_format == fmt and not probed.flags & ImageEntry.FAILED:
-                node = probed  # the same reading
-        if node is not None:
-            return node
-        node = ImageEntry(path, source)
+        readings = self.nodes.get(ident)
+        for node in readings if isinstance(readings, list) else (readings,) if readings else ():
+            if node.decodes_as(fmt) and (not node.relative_backing or self.same_folder(node.path, path)):
+                return node
+        node = ImageEntry(path, source, fmt)
         node.via = via
         node.depth = via.depth + 1 if via is not None else 0
-        self.nodes.setdefault(fmt, {})[ident] = node
+        if readings is None:
+            self.nodes[ident] = node
+        elif isinstance(readings, list):
+            readings.append(node)
+        else:
+            self.nodes[ident] = [readings, node]
         chain = node.chain()
         try:
             image = read_image(path, fmt, tables=False, info=info)
@@ -262,6 +294,18 @@ class _Audit:
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
+
+    def same_folder(self, a: str, b: str) -> bool:
+        """Whether the paths ``a`` and ``b`` are in one folder (by device and
+        inode: ``x/`` and ``./x/`` are one, ``a/`` and a symlinked ``z/`` too)."""
+        folder_a, folder_b = a.rpartition("/")[0] or ".", b.rpartition("/")[0] or "."
+        if folder_a == folder_b:
+            return True
+        try:
+            sa, sb = os.stat(folder_a), os.stat(folder_b)
+        except OSError:
+            return False
+        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
     def stat(self, path: str, owner: ImageEntry | None) -> FileInfo | None:
         """``stat`` a would-be image, or record why it cannot be one."""
@@ -322,8 +366,9 @@ class _Audit:
             # is looked at through it, then followed to files, not folders.
             try:
                 self.check_roots(path)
-                if stat.S_ISDIR(os.stat(path).st_mode):
-                    return None
+                mode = os.stat(path).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                    return None  # a link to a folder, FIFO or device: not an image, as those are not
             except OutsideRootError as exc:
                 self.add(error_finding(exc, path, None, (path,)), path, path)
                 return None
@@ -361,7 +406,8 @@ class _Audit:
                 return
             if not isinstance(parsed.source, LocalPath):
                 chain = (*node.chain(), full)
-                message = f"backing file {full!r} is a {protocol} source, which cannot be verified offline"
+                kind = getattr(parsed.source, "protocol", protocol)
+                message = f"backing file {full!r} is a {kind} source, which cannot be verified offline"
                 self.add(finding("backing-network", node.path, chain, message, target=full))
                 if recorded is None and parsed.format is None:
                     self.add(unrecorded_finding(node.path, node.format or "", name, None, False, chain))
@@ -408,33 +454,55 @@ class _Audit:
                     chain = (*(n.path for n in path), again)
                     self.add(finding("backing-loop", closing.path, chain, message, target=again), cycle)
                 for n in path[start:]:
-                    n.depth, n.flags = loop, n.flags | measured
+                    n.depth, n.flags = loop, n.flags | measured | ImageEntry.ON_LOOP
                 path = path[:start]
                 tail = loop
             for n in reversed(path):
                 if tail != loop:
                     tail = self.max_depth + 1 if n.flags & ImageEntry.TRUNCATED else tail + 1
                 n.depth, n.flags = tail, n.flags | measured
-            if top.depth > self.max_depth:
+        for top in named:
+            if top.depth == loop and not top.flags & ImageEntry.ON_LOOP and top.next is not None:
+                # Not on the loop itself, but its chain runs into one.
+                into: ImageEntry | None = top.next
+                while into is not None and not into.flags & ImageEntry.ON_LOOP:
+                    into = into.next
+                where = into.path if into is not None else "?"
+                message = f"the chain runs into a loop at {where!r}: it cannot be opened"
+                self.add(finding("backing-loop", top.path, top.chain(), message, target=where), top.path)
+            elif top.depth > self.max_depth and not top.dependents:
+                # (reported on the top of the chain only: every layer below it is too deep as well)
                 message = f"the chain has more than {self.max_depth} layers (--max-depth)"
                 self.add(finding("backing-too-deep", top.path, (top.path,), message), top.path)
 
     def report(self) -> AuditReport:
-        """Each file once (its first reading, with the overlays of all its
-        readings), sorted by path, with its worst finding."""
-        readings = list(self.nodes.values())
-        if len(readings) == 1:
-            images = list(readings[0].values())
-        else:  # a file read in more than one format: report it once
-            first: dict[int, ImageEntry] = {}
-            for by_identity in readings:
-                for ident, node in by_identity.items():
-                    kept = first.setdefault(ident, node)
-                    if kept is not node:
-                        kept.flags |= node.flags & ImageEntry.NAMED
-                        for d in node._dependents or ():
-                            kept.add_dependent(d)
-            images = list(first.values())
+        """Each file once: its first reading stands for all of them, taking
+        their overlays and findings; sorted by path, with its worst finding."""
+        images: list[ImageEntry] = []
+        standin: dict[int, ImageEntry] = {}  # id() of a further reading -> the entry kept for its file
+        moved: dict[str, str] = {}  # a further reading's path -> the kept entry's path
+        for readings in self.nodes.values():
+            kept = readings[0] if isinstance(readings, list) else readings
+            images.append(kept)
+            if isinstance(readings, list):
+                for other in readings[1:]:
+                    standin[id(other)] = kept
+                    kept.flags |= other.flags & ImageEntry.NAMED
+                    if other.path != kept.path:
+                        moved[other.path] = kept.path
+        if standin:
+            for readings in self.nodes.values():
+                group = readings if isinstance(readings, list) else [readings]
+                merged: dict[int, ImageEntry] = {}
+                for reading in group:
+                    for overlay in reading._dependents or ():
+                        overlay = standin.get(id(overlay), overlay)
+                        overlay.flags |= ImageEntry.OVERLAY
+                        merged[id(overlay)] = overlay
+                group[0]._dependents = list(merged.values()) or None
+            for key, f in self.findings.items():
+                if f.image in moved:
+                    self.findings[key] = Finding(f.code, f.severity, moved[f.image], f.chain, f.message, f.details)
         self.nodes.clear()
         images.sort(key=lambda e: e.path)
         findings = sorted(self.findings.values(), key=lambda f: (-f.severity, f.image, f.code, f.message))
@@ -462,7 +530,15 @@ def audit(
     files are then listed first, to know the total)."""
     run = _Audit(fmt, tuple(os.path.realpath(r) for r in roots), max_depth)
     unreadable: list[tuple[str, str]] = []
-    found: Iterable[tuple[str, bool]] = discover(paths, unreadable)
+    inside = []
+    for path in paths:  # a named path outside the roots is reported, not looked into
+        try:
+            run.check_roots(path)
+        except OutsideRootError as exc:
+            run.add(error_finding(exc, path, None, (path,)), path, path)
+        else:
+            inside.append(path)
+    found: Iterable[tuple[str, bool]] = discover(inside, unreadable)
     total = 0
     if on_image is not None:
         found = list(found)

@@ -334,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except BrokenPipeError:
         return EXIT_FAIL
+    except OSError as exc:  # the system failed us where no image was concerned (a vanished working folder ...)
+        print(f"imgchain: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
 

@@ -169,7 +169,10 @@ def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
         )
 
     if not path.startswith("/"):
-        path = os.getcwd() + "/" + path
+        try:
+            path = os.getcwd() + "/" + path
+        except OSError:  # the working folder is gone: a relative name leads nowhere known
+            return path
     parts = path.split("/")[::-1]  # a stack: the next component last
     resolved = ""
     links = 0

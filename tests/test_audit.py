@@ -554,7 +554,11 @@ def test_graph_draws_loops(store, capsys):
     for name in ("./a.qcow2", "./b.qcow2", "./c.qcow2"):
         assert name in graph
     assert "on a loop" in graph
-    assert out.count("backing-loop") == 1
+    assert graph.count("./c.qcow2") == 1, graph  # drawn once, under its base on the loop
+    assert "(again: the graph loops here)" in graph
+    # One finding for the loop, and one for c.qcow2, whose chain runs into it.
+    assert out.count("backing-loop") == 2
+    assert "the chain runs into a loop" in out
 
 
 def test_jsonl_streams_one_object_per_image(store, capsys):
@@ -587,3 +591,66 @@ def test_progress_only_on_a_terminal(store, capsys, monkeypatch):
     assert main(["audit", "--output", "json", "s"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "/1000" in err and "image/s" in err  # count and rate (tqdm shows the ETA as it runs)
+
+
+# -- second review: one file, several paths or formats; big fans; named paths and roots ---------------
+
+
+def test_one_file_reached_from_two_folders_is_followed_from_both(store):
+    """z/o.qcow2 is a/o.qcow2 (a symlink): its relative backing name means
+    z/base from z/, a raw-declared file holding a qcow2 header."""
+    put(store / "S/a/base", b"\0" * 65536)
+    put(store / "S/a/o.qcow2", qcow2_naming("base", "raw"))
+    put(store / "S/z/base", qcow2_naming("/etc/hostname"))
+    os.symlink("../a/o.qcow2", store / "S/z/o.qcow2")
+    whole = audit(["S"])
+    assert only(whole, "format-probe-mismatch").image == "S/z/base"
+    assert {f.code for f in audit(["S/z"]).findings} == {"format-probe-mismatch"}
+
+
+def test_a_file_read_in_two_formats_is_one_image(store):
+    put(store / "ext/base.qcow2", PLAIN)
+    put(store / "ext/mid.qcow2", qcow2_naming("base.qcow2", "qcow2"))
+    put(store / "s/a.qcow2", qcow2_naming("../ext/mid.qcow2", "qcow2"))
+    put(store / "s/b.qcow2", qcow2_naming("../ext/mid.qcow2", None))
+    report = audit(["s"])
+    mids = [e for e in report.images if e.path.endswith("mid.qcow2")]
+    assert len(mids) == 1
+    assert mids[0].dependents == ["s/a.qcow2", "s/b.qcow2"]
+    base = next(e for e in report.images if e.path.endswith("base.qcow2"))
+    assert base.dependents == [mids[0].path]
+
+
+def test_many_overlays_on_one_base_stay_linear(store):
+    import time
+
+    put(store / "s/base.raw", b"\0" * 512)
+    overlay = qcow2_naming("base.raw", "raw")
+    for i in range(3000):
+        (store / f"s/o{i:05d}.qcow2").write_bytes(overlay)
+    start = time.perf_counter()
+    report = audit(["s"])
+    elapsed = time.perf_counter() - start
+    base = next(e for e in report.images if e.path == "s/base.raw")
+    assert len(base.dependents) == 3000
+    # A list-membership check made this quadratic (about 1.4 s for 10,000); linear is far below.
+    assert elapsed < 5, elapsed
+
+
+def test_too_deep_is_reported_once_per_chain(store):
+    put(store / "c/0.raw", b"\0" * 512)
+    for i in range(1, 8):
+        below, fmt = (f"{i - 1}.qcow2", "qcow2") if i > 1 else ("0.raw", "raw")
+        put(store / f"c/{i}.qcow2", qcow2_naming(below, fmt))
+    report = audit(["c"], max_depth=3)
+    assert [(f.code, f.image) for f in report.findings] == [("backing-too-deep", "c/7.qcow2")]
+
+
+def test_a_named_path_outside_the_roots_is_not_looked_into(store, monkeypatch):
+    put(store / "outside/disk.qcow2", PLAIN)
+    (store / "root").mkdir()
+    os.symlink(str(store / "outside"), store / "root/dirlink")
+    looked = spy_looks(monkeypatch)
+    report = audit([str(store / "root/dirlink")], roots=[str(store / "root")])
+    assert [f.code for f in report.findings] == ["backing-outside-root"]
+    assert not any(p.startswith(str(store / "outside")) for p in looked), looked

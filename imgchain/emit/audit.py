@@ -100,7 +100,16 @@ def _tree(report: AuditReport) -> Iterator[str]:
             entry, line_prefix, child_prefix = stack.pop()
             suffix = ""
             if entry is root and entry.backing is not None:
-                suffix = f"  ({note or why.get(entry.path, 'its backing file could not be read')}: {entry.backing!r})"
+                reason = (
+                    note
+                    or why.get(entry.path)
+                    or (
+                        "its chain goes on past --max-depth"
+                        if entry.truncated
+                        else "its backing file could not be read"
+                    )
+                )
+                suffix = f"  ({reason}: {entry.backing!r})"
             if id(entry) in seen:
                 yield f"  {line_prefix}{shown(entry.path)}  (again: the graph loops here)"
                 continue
@@ -114,9 +123,12 @@ def _tree(report: AuditReport) -> Iterator[str]:
     for entry in report.images:
         if not entry.is_overlay:
             yield from draw(entry, "")
-    for entry in report.images:
-        if id(entry) not in seen:
+    for entry in report.images:  # a loop has no base to hang from: start at one of its images
+        if entry.on_loop and id(entry) not in seen:
             yield from draw(entry, "on a loop")
+    for entry in report.images:  # (anything left, so that every image is drawn)
+        if id(entry) not in seen:
+            yield from draw(entry, "")
 
 
 def _count(n: int, noun: str) -> str:
