@@ -54,6 +54,9 @@ QCOW2_HEADER_V3 = Struct(
 )
 """Bytes 72..103, version 3 only."""
 
+QCOW2_HEADER_FIXED_V3 = Struct(*QCOW2_HEADER.subcons, *QCOW2_HEADER_V3.subcons)
+"""Bytes 0..103 of a version 3 header: the two layouts above, read in one go."""
+
 QCOW2_COMPRESSION_TYPE = Struct("compression_type" / Int8ub)
 """Byte 104, present when header_length > 104."""
 
@@ -399,18 +402,19 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
     if version not in (2, 3):
         raise _unsupported(f"version {version} unsupported (qcow2 has versions 2 and 3)", "version", version)
     # One look at the whole fixed header (version 3 is the common case).
-    fixed = win.get(0, V2_HEADER_LENGTH if version == 2 else V3_MIN_HEADER_LENGTH, NAME, "header")
-    common = unpack(QCOW2_HEADER, fixed[:V2_HEADER_LENGTH], NAME, "header", 0)
-    cluster_bits = common[4]
+    if version == 2:
+        fields = unpack(QCOW2_HEADER, win.get(0, V2_HEADER_LENGTH, NAME, "header"), NAME, "header", 0)
+    else:
+        fields = unpack(QCOW2_HEADER_FIXED_V3, win.get(0, V3_MIN_HEADER_LENGTH, NAME, "header"), NAME, "header", 0)
+    cluster_bits = fields[4]
     if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
         raise _bad(
             f"cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}", "cluster_bits", cluster_bits
         )
     if version == 2:
-        header = Qcow2Header._make(common + _V2_DEFAULTS)
+        header = Qcow2Header._make(fields + _V2_DEFAULTS)
     else:
-        v3 = unpack(QCOW2_HEADER_V3, fixed[V2_HEADER_LENGTH:], NAME, "version 3 header", V2_HEADER_LENGTH)
-        header_length = v3[4]
+        header_length = fields[17]
         if header_length < V3_MIN_HEADER_LENGTH:
             raise _bad(f"header_length {header_length} below {V3_MIN_HEADER_LENGTH}", "header_length", header_length)
         if header_length > 1 << cluster_bits:
@@ -425,7 +429,7 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
             # fields newer than this decoder: they still have to be there.
             rest = win.get(V3_MIN_HEADER_LENGTH, header_length - V3_MIN_HEADER_LENGTH, NAME, "header", 100)
             compression_type = rest[0]
-        header = Qcow2Header._make((*common, *v3, compression_type))
+        header = Qcow2Header._make((*fields, compression_type))
     _check_header(header)
     return header
 

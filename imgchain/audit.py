@@ -12,9 +12,12 @@ The store is read as a graph, in two passes:
    file; a content that does not probe as recorded) are found there.
 
 Then each named image's chain is followed along the edges for loops (by
-device and inode) and depth.  Every file is opened at most once per format
-it is asked for, whatever number of chains share it; every finding is
-reported once, under the image it concerns; memory is a node per image.
+device and inode) and depth.  Every file is read once, whatever number of
+chains share it: again only when it is asked for in another format, or
+reached from another folder while its backing name is relative (then the
+folder decides which backing file it names).  The report lists each file
+once; every finding is reported once, under the image it concerns; memory
+is one small entry per image.
 
 Safety: headers only (no snapshot table, no bitmap directory), the probe's
 read cap per image, no FIFO or device ever opened, nothing executed; with

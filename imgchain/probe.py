@@ -116,14 +116,6 @@ class Image(NamedTuple):
     bytes_read: int = 0
 
 
-def _kind(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISBLK(mode):
-        return "block"
-    return None
-
-
 _KIND_NAMES = (
     (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISSOCK, "a socket"),
@@ -217,10 +209,12 @@ def stat_image(path: str) -> FileInfo:
         st = os.stat(path)
     except OSError as exc:
         raise _os_error(path, exc) from None
-    kind = _kind(st.st_mode)
-    if kind is None:
-        raise NotRegularFileError(path, f"{_describe(st.st_mode)}, not an image; not opened")
-    return FileInfo(path, kind, st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return FileInfo(path, "file", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
+    if stat.S_ISBLK(mode):
+        return FileInfo(path, "block", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
+    raise NotRegularFileError(path, f"{_describe(mode)}, not an image; not opened")
 
 
 class _Reader:
@@ -228,10 +222,10 @@ class _Reader:
 
     __slots__ = ("fd", "path", "total")
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int, path: str, total: int = 0) -> None:
         self.fd = fd
         self.path = path
-        self.total = 0
+        self.total = total  #: bytes read so far
 
     def pread(self, length: int, offset: int) -> bytes:
         if self.total + length > READ_CAP:
@@ -290,11 +284,12 @@ def read_image(
         raise _os_error(path, exc) from None
     try:
         st = os.fstat(fd)
-        if st.st_ino != info.ino or st.st_dev != info.dev or _kind(st.st_mode) != info.kind:
+        same_kind = stat.S_ISREG(st.st_mode) if info.kind == "file" else stat.S_ISBLK(st.st_mode)
+        if st.st_ino != info.ino or st.st_dev != info.dev or not same_kind:
             raise ImageAccessError(path, "the file changed while it was being opened")
         size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
-        reader = _Reader(fd, path)
-        first = reader.pread(min(INITIAL_READ, size), 0)
+        first = _pread(fd, min(INITIAL_READ, size), 0)
+        reader = _Reader(fd, path, len(first))
         if size and not first:
             raise ImageAccessError(path, "cannot read the first bytes")
         probed = formats.probe_name(first, path) if size else formats.raw.NAME
@@ -304,7 +299,10 @@ def read_image(
             source = FormatSource.GIVEN
         win = Window(first, size)
         try:
-            decoded = reader.fill(module.decode, win, module.NAME)
+            try:
+                decoded = module.decode(win)  # the usual case: the first read holds it all
+            except NeedBytes:
+                decoded = reader.fill(module.decode, win, module.NAME)
         except FormatError as exc:
             exc.probed_format = probed
             raise
