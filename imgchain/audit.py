@@ -45,7 +45,7 @@ from imgchain.policy import (
     mismatch_finding,
     unrecorded_finding,
 )
-from imgchain.probe import FileInfo, outside_roots, read_image, stat_image
+from imgchain.probe import FileInfo, outside_roots, read_image, same_file, stat_image
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
 
@@ -221,6 +221,11 @@ class ImageEntry:
         return tuple(reversed(names))
 
 
+def _folder(path: str) -> str:
+    """The folder part of a path, as qemu joins a relative name to it."""
+    return path.rpartition("/")[0] or "."
+
+
 def _identity(info: FileInfo) -> int:
     return info.dev << 64 | info.ino
 
@@ -255,7 +260,8 @@ class _Audit:
         ident = _identity(info)
         readings = self.nodes.get(ident)
         for node in readings if isinstance(readings, list) else (readings,) if readings else ():
-            if node.decodes_as(fmt) and (not node.relative_backing or self.same_folder(node.path, path)):
+            # (a relative backing name means another file from another folder)
+            if node.decodes_as(fmt) and (not node.relative_backing or same_file(_folder(node.path), _folder(path))):
                 return node
         node = ImageEntry(path, source, fmt)
         node.via = via
@@ -297,18 +303,6 @@ class _Audit:
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
-
-    def same_folder(self, a: str, b: str) -> bool:
-        """Whether the paths ``a`` and ``b`` are in one folder (by device and
-        inode: ``x/`` and ``./x/`` are one, ``a/`` and a symlinked ``z/`` too)."""
-        folder_a, folder_b = a.rpartition("/")[0] or ".", b.rpartition("/")[0] or "."
-        if folder_a == folder_b:
-            return True
-        try:
-            sa, sb = os.stat(folder_a), os.stat(folder_b)
-        except OSError:
-            return False
-        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
     def stat(self, path: str, owner: ImageEntry | None) -> FileInfo | None:
         """``stat`` a would-be image, or record why it cannot be one."""

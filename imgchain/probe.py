@@ -47,6 +47,7 @@ __all__ = [
     "Image",
     "outside_roots",
     "read_image",
+    "same_file",
     "stat_image",
 ]
 
@@ -198,6 +199,19 @@ def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
     final = resolved or "/"
     inside = any(final == root or final.startswith(root + "/") for root in roots)
     return None if inside else final
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one existing file or folder: the same
+    string, or the same device and inode.  Names are not normalised:
+    ``x/../y`` is not ``y`` when ``x`` is a symlink."""
+    if a == b:
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def stat_image(path: str) -> FileInfo:

@@ -9,12 +9,12 @@ tells the truth about the disk.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from imgchain import formats
 from imgchain.chain import MAX_DEPTH, resolve_chain
 from imgchain.disk import Disk, DiskChain, DiskLayer, describe_layers
+from imgchain.probe import same_file
 
 __all__ = ["Difference", "verify_disk"]
 
@@ -35,19 +35,6 @@ def _where(layer: DiskLayer) -> str:
     return repr(layer.path)
 
 
-def _same_path(a: str, b: str) -> bool:
-    """The same string, or two names of one existing file (device and
-    inode).  Names are not normalised: ``x/../y`` is not ``y`` when ``x``
-    is a symlink."""
-    if a == b:
-        return True
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
 def _compare_layer(name: str, i: int, want: DiskLayer, have: DiskLayer, content: str | None) -> list[Difference]:
     out = []
     if want.type != have.type:
@@ -55,7 +42,7 @@ def _compare_layer(name: str, i: int, want: DiskLayer, have: DiskLayer, content:
     if want.network is not None or have.network is not None:
         if want.network != have.network:
             out.append(Difference("path", name, i, f"the XML says {_where(want)}, the chain names {_where(have)}"))
-    elif want.path is not None and have.path is not None and not _same_path(want.path, have.path):
+    elif want.path is not None and have.path is not None and not same_file(want.path, have.path):
         out.append(Difference("path", name, i, f"the XML says {want.path!r}, the chain has {have.path!r}"))
     if want.format is not None and have.format is not None and want.format != have.format:
         out.append(Difference("format", name, i, f"the XML says {want.format}, the chain has {have.format}"))
