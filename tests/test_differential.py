@@ -263,3 +263,30 @@ def test_refusal(case: qc.Case, workdir: Path, imgchain: Any) -> None:
     assert len(lines) == 1, "imgchain's stderr is not exactly one line" + both
     assert lines[0].startswith("imgchain: "), both
     assert "Traceback" not in got.err, both
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+DECLARED = [
+    ("raw", "chain/top.qcow2"),
+    ("qcow2", "chain/top.qcow2"),
+    ("qed", "chain/over-raw.qed"),
+    ("raw", "chain/over-raw.qed"),
+    ("raw", "misc/snap.qcow2"),
+    ("qcow2", "chain/base.raw"),
+    ("qed", "misc/v2.qcow2"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "image"), DECLARED, ids=[f"{f}:{i}" for f, i in DECLARED])
+def test_declared_format_as_qemu_img(fmt: str, image: str, imgchain: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-f``: the same JSON where qemu-img opens the image that way, a
+    refusal where it does not."""
+    monkeypatch.chdir(FIXTURES)
+    want = qemu(["info", "-f", fmt, "--output=json", image], FIXTURES)
+    got = imgchain(["info", "-f", fmt, "--output=json", image])
+    if want.rc == 0:
+        assert got.rc == 0, got.err
+        assert got.out == want.out
+    else:
+        assert got.rc == cli.EXIT_FAIL
+        assert got.err.startswith("imgchain: ") and got.err.count("\n") == 1, got.err
