@@ -149,7 +149,7 @@ def c_string(raw: bytes) -> str:
 
 class DecodedImage(Protocol):
     """The face every decoded header shows the chain walker: each format's
-    frozen dataclass provides these, as fields or properties."""
+    record (a NamedTuple) provides these, as fields or properties."""
 
     @property
     def format(self) -> str: ...

@@ -32,10 +32,6 @@ class _UsageError(Exception):
     """A usage error found after argparse: exit status 2."""
 
 
-def _usage(message: str) -> _UsageError:
-    return _UsageError(message)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
@@ -175,12 +171,12 @@ def _run_xml(args: argparse.Namespace) -> int:
     depth = args.max_depth or MAX_DEPTH
     if args.verify is not None:
         if args.image is not None or args.mirror is not None:
-            raise _usage("--verify takes a domain XML file, not IMAGE or --mirror")
+            raise _UsageError("--verify takes a domain XML file, not IMAGE or --mirror")
         return _verify(args.verify, depth)
     if args.image is None:
-        raise _usage("give IMAGE, or --verify DOMAIN.xml")
+        raise _UsageError("give IMAGE, or --verify DOMAIN.xml")
     if args.mirror_format is not None and args.mirror is None:
-        raise _usage("--mirror-format goes with --mirror")
+        raise _UsageError("--mirror-format goes with --mirror")
     chain = describe_chain(resolve_chain(args.image, args.format, max_depth=depth, tables=False))
     mirror = None
     if args.mirror is not None:
@@ -238,7 +234,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
     for root in args.root:
         if not os.path.isdir(root):
-            raise _usage(f"--root {root!r} is not a directory")
+            raise _UsageError(f"--root {root!r} is not a directory")
     progress = _progress()
     try:
         report = audit(

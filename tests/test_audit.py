@@ -274,6 +274,17 @@ def test_every_code_is_tested_here_and_documented_in_the_readme():
 # -- stores and the backing graph ------------------------------------------------------------
 
 
+#: The images build_store makes, as an audit of "." names them, sorted.
+STORE_PATHS = [
+    "./bases/base.raw",
+    "./bases/unused.raw",
+    "./vm1/mid.qcow2",
+    "./vm1/top.qcow2",
+    "./vm2/disk.qcow2",
+    "./vm3/orphan.qcow2",
+]
+
+
 def build_store(root: pathlib.Path) -> None:
     put(root / "bases/base.raw", b"\0" * 65536)
     put(root / "bases/unused.raw", b"\0" * 512)
@@ -288,14 +299,7 @@ def test_backing_graph_of_a_store(store, capsys):
     assert main(["audit", "--output=json", "."]) == EXIT_FAIL
     doc = json.loads(capsys.readouterr().out)
     images = {i["path"]: i for i in doc["images"]}
-    assert sorted(images) == [
-        "./bases/base.raw",
-        "./bases/unused.raw",
-        "./vm1/mid.qcow2",
-        "./vm1/top.qcow2",
-        "./vm2/disk.qcow2",
-        "./vm3/orphan.qcow2",
-    ]
+    assert sorted(images) == STORE_PATHS
     assert images["./bases/base.raw"]["dependents"] == ["./vm1/mid.qcow2", "./vm2/disk.qcow2"]
     assert images["./vm1/mid.qcow2"]["dependents"] == ["./vm1/top.qcow2"]
     assert images["./bases/unused.raw"]["dependents"] == []
@@ -566,14 +570,7 @@ def test_jsonl_streams_one_object_per_image(store, capsys):
     assert main(["audit", "--output", "jsonl", "."]) == EXIT_FAIL
     lines = capsys.readouterr().out.splitlines()
     objects = [json.loads(line) for line in lines]
-    assert [o["path"] for o in objects] == [
-        "./bases/base.raw",
-        "./bases/unused.raw",
-        "./vm1/mid.qcow2",
-        "./vm1/top.qcow2",
-        "./vm2/disk.qcow2",
-        "./vm3/orphan.qcow2",
-    ]
+    assert [o["path"] for o in objects] == STORE_PATHS
     orphan = objects[-1]
     assert [f["code"] for f in orphan["findings"]] == ["backing-missing"]
     assert objects[0]["dependents"] == ["./vm1/mid.qcow2", "./vm2/disk.qcow2"]
