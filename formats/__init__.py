@@ -13,14 +13,16 @@ from types import ModuleType
 from imgchain.errors import UnsupportedFeatureError
 
 from . import qcow2, qed, raw
-from ._base import DecodedImage, NeedBytes, Window
+from ._base import REFERENCE_KINDS, DecodedImage, NeedBytes, Reference, Window
 from .foreign import sniff_foreign
 
 __all__ = [
     "PROBE_SIZE",
+    "REFERENCE_KINDS",
     "REGISTRY",
     "DecodedImage",
     "NeedBytes",
+    "Reference",
     "Window",
     "by_name",
     "decoder_for",

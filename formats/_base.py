@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from construct import Bytes, ConstructError, FormatField, Struct
 
 from imgchain.errors import FormatError, TruncatedError
 
-__all__ = ["DecodedImage", "NeedBytes", "Window", "as_window", "c_string", "flat", "parse", "unpack"]
+__all__ = [
+    "REFERENCE_KINDS",
+    "DecodedImage",
+    "NeedBytes",
+    "Reference",
+    "Window",
+    "as_window",
+    "c_string",
+    "flat",
+    "parse",
+    "unpack",
+]
 
 
 class NeedBytes(Exception):
@@ -147,6 +158,36 @@ def c_string(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+#: What a reference is to the image that names it.  A header names other files
+#: in these roles, and qemu (or, for parent locators, other hypervisors)
+#: opens them.
+REFERENCE_KINDS = (
+    "backing",  # the backing file: a layer of the chain (qcow2, qed, qcow, vmdk parentFileNameHint)
+    "data-file",  # qcow2's external data file: the guest's data itself
+    "extent",  # a vmdk extent file
+    "parent-locator",  # a VHD/VHDX differencing disk's parent (qemu refuses these; others follow them)
+)
+
+
+class Reference(NamedTuple):
+    """A file that a header names, in one shape for every format: the walker
+    follows references, the audit holds each one to the roots, and the
+    emitters show them.
+
+    ``name`` is the name as stored (decoded as :func:`c_string` decodes).
+    ``relative_to`` says how qemu resolves a relative ``name``: ``"image"``,
+    against the folder of the name the image was opened by (qemu's
+    ``bdrv_make_absolute_filename``, as for backing files and vmdk extents),
+    or ``"cwd"``, against the working folder of whatever opens the image (a
+    qcow2 data file).  ``format`` is the format recorded for it, if any.
+    """
+
+    kind: str
+    name: str
+    relative_to: str = "image"
+    format: str | None = None
+
+
 class DecodedImage(Protocol):
     """The face every decoded header shows the chain walker: each format's
     record (a NamedTuple) provides these, as fields or properties."""
@@ -169,3 +210,7 @@ class DecodedImage(Protocol):
     def encrypted(self) -> bool: ...
     @property
     def data_file(self) -> str | None: ...
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        """Every file the header names (backing file first, when there is one)."""
+        ...

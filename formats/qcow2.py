@@ -21,7 +21,7 @@ from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Window, as_window, c_string, flat, parse, unpack
+from ._base import Reference, Window, as_window, c_string, flat, parse, unpack
 
 NAME = "qcow2"
 MAGIC = b"QFI\xfb"
@@ -352,6 +352,18 @@ class Qcow2Image(NamedTuple):
     @property
     def encryption_format(self) -> str | None:
         return CRYPT_NAMES.get(self.header.crypt_method)
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        """The backing file (resolved against the image's folder) and the
+        external data file (qemu opens a relative one from its working
+        folder)."""
+        refs = []
+        if self.backing_filename:
+            refs.append(Reference("backing", self.backing_filename, "image", self.backing_format))
+        if self.data_file:
+            refs.append(Reference("data-file", self.data_file, "cwd", "raw"))
+        return tuple(refs)
 
 
 # -- decoding ------------------------------------------------------------------

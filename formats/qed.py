@@ -14,7 +14,7 @@ from construct import Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Window, as_window, c_string, unpack
+from ._base import Reference, Window, as_window, c_string, unpack
 
 NAME = "qed"
 MAGIC = b"QED\0"
@@ -121,6 +121,12 @@ class QedImage(NamedTuple):
     def backing_format(self) -> str | None:
         """QED can record one backing format only: raw, by the no-probe bit."""
         return "raw" if self.backing_filename and self.backing_format_no_probe else None
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        if not self.backing_filename:
+            return ()
+        return (Reference("backing", self.backing_filename, "image", self.backing_format),)
 
 
 def sniff(buf: bytes) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._base import Window, as_window
+from ._base import Reference, Window, as_window
 
 NAME = "raw"
 
@@ -46,6 +46,10 @@ class RawImage(NamedTuple):
     @property
     def data_file(self) -> None:
         return None
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        return ()
 
     @property
     def virtual_size(self) -> int:
