@@ -32,9 +32,11 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from imgchain.chain import MAX_DEPTH
-from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError, PathError
+from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError, PathError, shown
+from imgchain.formats import Reference
 from imgchain.names import combine, protocol_of
 from imgchain.policy import (
     Finding,
@@ -47,7 +49,9 @@ from imgchain.policy import (
 )
 from imgchain.probe import FileInfo, outside_roots, read_image, same_file, stat_image
 
-__all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "discover"]
+__all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -62,20 +66,28 @@ class AuditReport:
 def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, bool]]:
     """The files to audit, as (path, is a symlink): each named file, and
     every file under each named directory (sorted, depth first; symlinks are
-    yielded, not followed, and left to the caller's root check).  A named
-    path that cannot be read raises PathError; a folder below one that cannot
-    be read is added to ``unreadable`` as (path, reason) and the walk goes on."""
+    yielded, not followed, and left to the caller's root check).  A path that
+    cannot be read (named, or a folder below a named one), or a named path
+    that is no file, device or folder, is added to ``unreadable`` as (path,
+    reason) and the walk goes on; without ``unreadable``, a named one raises
+    PathError."""
     for path in paths:
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise PathError(path, exc.strerror or str(exc)) from None
+            if unreadable is None:
+                raise PathError(path, exc.strerror or str(exc)) from None
+            unreadable.append((path, exc.strerror or str(exc)))
+            continue
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(path, unreadable)
         elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
             yield path, False
         else:
-            raise PathError(path, "not a regular file, block device or directory; not opened")
+            why = "not a regular file, block device or directory; not opened"
+            if unreadable is None:
+                raise PathError(path, why)
+            unreadable.append((path, why))
 
 
 def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tuple[str, bool]]:
@@ -86,7 +98,7 @@ def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tu
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            if folder == top:
+            if folder == top and unreadable is None:
                 raise PathError(top, exc.strerror or str(exc)) from None
             if unreadable is not None:
                 unreadable.append((folder, exc.strerror or str(exc)))
@@ -221,6 +233,15 @@ class ImageEntry:
         return tuple(reversed(names))
 
 
+#: How a message names each kind of reference.
+_KIND_WORDS = {
+    "backing": "backing file",
+    "data-file": "data file",
+    "extent": "extent file",
+    "parent-locator": "parent",
+}
+
+
 def _folder(path: str) -> str:
     """The folder part of a path, as qemu joins a relative name to it."""
     return path.rpartition("/")[0] or "."
@@ -231,9 +252,26 @@ def _identity(info: FileInfo) -> int:
 
 
 class _Audit:
-    def __init__(self, fmt: str | None, roots: tuple[str, ...], max_depth: int) -> None:
+    def __init__(
+        self,
+        fmt: str | None,
+        roots: tuple[str, ...],
+        max_depth: int,
+        *,
+        typed_roots: tuple[str, ...] = (),
+        default_roots: bool = False,
+        standalone: bool = False,
+        allowed: frozenset[str] | None = None,
+    ) -> None:
         self.fmt = fmt
+        #: The roots as real paths, and as typed (made absolute, not resolved:
+        #: their own components may be looked at, see outside_roots).
         self.roots = roots
+        self.typed_roots = typed_roots
+        #: No --root was given: the roots are the named folders and the folders of the named files.
+        self.default_roots = default_roots
+        self.standalone = standalone
+        self.allowed = allowed
         self.max_depth = max_depth
         #: The readings of each file, by identity: one entry (the usual case,
         #: kept without a list), or a list of them when the file is read in
@@ -242,6 +280,23 @@ class _Audit:
         self.nodes: dict[int, ImageEntry | list[ImageEntry]] = {}
         self.findings: dict[tuple[object, ...], Finding] = {}
         self.sizes: dict[int, int] = {}
+        #: Entries read for a reference other than the chain's next layer
+        #: (an image a json: name opens as well): expanded in their turn.
+        self.pending: list[ImageEntry] = []
+
+    def guarded(self, path: str, step: Callable[..., T], *args: Any) -> T | None:
+        """``step(*args)``; anything it raises that imgchain did not mean to
+        raise becomes an ``internal-error`` finding on ``path``, and the audit
+        goes on with the other images."""
+        try:
+            return step(*args)
+        except Exception as exc:  # one image must not stop the audit of a store
+            message = (
+                f"imgchain failed on this image ({type(exc).__name__}: {shown(str(exc))}); "
+                "it was not fully checked (please report this)"
+            )
+            self.add(finding("internal-error", path, (path,), message), path)
+            return None
 
     # -- findings --------------------------------------------------------------------------
 
@@ -297,8 +352,19 @@ class _Audit:
         node.backing_format = None if d.backing_format is None else sys.intern(d.backing_format)
         for f in header_findings(path, d, chain):
             self.add(f, ident, f.message)
-        if d.data_file:
-            self.data_file(node, d.data_file)
+        if self.allowed is not None and image.format not in self.allowed:
+            allowed = ", ".join(sorted(self.allowed))
+            message = f"the image is {image.format}, which is not among the allowed formats ({allowed})"
+            self.add(finding("format-not-allowed", path, chain, message, format=image.format), ident)
+        refs = d.references
+        if refs:
+            if self.standalone:
+                self.not_standalone(node, refs, chain)
+                node.flags |= ImageEntry.EXPANDED  # nothing it names is followed
+            else:
+                for ref in refs:
+                    if ref.kind != "backing":  # (the backing file is the edge, followed by expand)
+                        self.side_reference(node, ref, chain)
         if fmt is not None and image.probed_format != fmt:
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
@@ -315,11 +381,35 @@ class _Audit:
             self.add(error_finding(exc, path, owner_path, chain), owner_path or path, path)
             return None
 
+    @property
+    def outside_what(self) -> str:
+        """How the roots are named in a message, with how to widen them."""
+        if self.default_roots:
+            return "outside the folders named and the folders of the files named (widen them with --root DIR)"
+        return "outside every --root"
+
     def check_roots(self, path: str) -> None:
+        """OutsideRootError if ``path`` leads outside the roots; BackingLoopError
+        if its symlinks loop."""
         if self.roots:
-            where = outside_roots(path, self.roots)
+            where = outside_roots(path, self.roots, self.typed_roots)
             if where is not None:
-                raise OutsideRootError(path, f"resolves to {where!r}, outside every --root; not opened")
+                raise OutsideRootError(path, f"resolves to {where!r}, {self.outside_what}; not opened")
+
+    def not_standalone(self, node: ImageEntry, refs: tuple[Reference, ...], chain: tuple[str, ...]) -> None:
+        for ref in refs:
+            message = (
+                f"names {_KIND_WORDS.get(ref.kind, ref.kind)} {ref.name!r}: under --standalone an image must "
+                "not name any other file (not followed)"
+            )
+            f = finding("not-standalone", node.path, chain, message, target=ref.name, kind=ref.kind)
+            self.add(f, node.path, ref)
+
+    def side_reference(self, node: ImageEntry, ref: Reference, chain: tuple[str, ...]) -> None:
+        """A file the image names besides its backing file: held to the
+        roots, never opened."""
+        if ref.kind == "data-file":
+            self.data_file(node, ref.name)
 
     def data_file(self, node: ImageEntry, name: str) -> None:
         """A qcow2's external data file name: read as qemu reads it, and, with
@@ -513,25 +603,61 @@ class _Audit:
         return AuditReport(images, findings)
 
 
+def _typed(path: str) -> str:
+    """``path`` made absolute as typed: the working folder before a relative
+    name, nothing resolved (so that its components can be looked at)."""
+    return os.path.abspath(path)
+
+
+def default_roots(paths: Iterable[str]) -> tuple[str, ...]:
+    """The roots when none are given: each named folder, and the folder of
+    each named file."""
+    out = []
+    for path in paths:
+        out.append(path if os.path.isdir(path) else os.path.dirname(path) or ".")
+    return tuple(out)
+
+
 def audit(
-    paths: Iterable[str],
+    paths: Iterable[str | os.PathLike[str]],
     fmt: str | None = None,
     *,
-    roots: Iterable[str] = (),
+    roots: Iterable[str | os.PathLike[str]] = (),
     max_depth: int = MAX_DEPTH,
+    standalone: bool = False,
+    formats: Iterable[str] | None = None,
     on_image: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Audit every image under ``paths``.  ``fmt`` declares the format of
-    the named images, as a VM definition would.  ``on_image(done, total)``
+    the named images, as a VM definition would.
+
+    Nothing outside ``roots`` is opened, stat-ed or has its links read; an
+    image that names something there is reported.  Without ``roots``, the
+    roots are the named folders and the folders of the named files: the
+    audit fails closed.  ``standalone``: each image must stand alone (the
+    upload policy), so any file it names is an error and none is followed.
+    ``formats``: the formats allowed (None: all).  ``on_image(done, total)``
     is called as the named images are read (for a progress display; the
-    files are then listed first, to know the total)."""
-    run = _Audit(fmt, tuple(os.path.realpath(r) for r in roots), max_depth)
+    files are then listed first, to know the total).
+    """
+    named_paths = [os.fspath(p) for p in paths]
+    given = tuple(os.fspath(r) for r in roots)
+    chosen = given or default_roots(named_paths)
+    run = _Audit(
+        fmt,
+        tuple(os.path.realpath(r) for r in chosen),
+        max_depth,
+        typed_roots=tuple(_typed(r) for r in chosen),
+        default_roots=not given,
+        standalone=standalone,
+        allowed=None if formats is None else frozenset(formats),
+    )
     unreadable: list[tuple[str, str]] = []
     inside = []
-    for path in paths:  # a named path outside the roots is reported, not looked into
+    for path in named_paths:  # a named path outside the roots is reported, not looked into
         try:
             run.check_roots(path)
-        except OutsideRootError as exc:
+        except ChainError as exc:
             run.add(error_finding(exc, path, None, (path,)), path, path)
         else:
             inside.append(path)
@@ -542,20 +668,22 @@ def audit(
         total = len(found)
     named: list[ImageEntry] = []
     for done, (path, is_link) in enumerate(found, 1):
-        node = run.read_named(path, is_link)
+        node = run.guarded(path, run.read_named, path, is_link)
         if node is not None:
             named.append(node)
         if on_image is not None:
             on_image(done, total)
     for folder, reason in unreadable:
-        run.add(finding("image-unreadable", folder, (folder,), f"the folder cannot be read: {reason}"))
+        run.add(finding("image-unreadable", folder, (folder,), f"cannot be read: {reason}"))
     queue = deque(named)
     while queue:
         node = queue.popleft()
         if node.flags & ImageEntry.EXPANDED:
             continue
-        run.expand(node)
+        run.guarded(node.path, run.expand, node)
         if node.next is not None and not node.next.flags & ImageEntry.EXPANDED:
             queue.append(node.next)
+        queue.extend(run.pending)
+        run.pending.clear()
     run.chains(named)
     return run.report()

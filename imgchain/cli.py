@@ -49,6 +49,34 @@ def _positive(text: str) -> int:
     return value
 
 
+#: Every format qemu 7.2 can open an image file as, for --formats.
+KNOWN_FORMATS = (
+    "raw",
+    "qcow2",
+    "qed",
+    "qcow",
+    "vmdk",
+    "vpc",
+    "vhdx",
+    "vdi",
+    "luks",
+    "parallels",
+    "bochs",
+    "cloop",
+    "dmg",
+)
+
+
+def _format_list(text: str) -> frozenset[str]:
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(names.difference(KNOWN_FORMATS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(repr, unknown)) or 'no format'}: give formats among {','.join(KNOWN_FORMATS)}"
+        )
+    return frozenset(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="imgchain", description="Offline disk image prober and backing-chain resolver.")
     parser.add_argument("--version", action="version", version=f"imgchain {__version__}")
@@ -105,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="a directory images, backing files and data files may live in (repeatable); nothing outside is opened",
+    )
+    aud.add_argument(
+        "--standalone",
+        action="store_true",
+        help="the upload policy: each image must stand alone; a backing file, data file or any other file an "
+        "image names is an error (and is not followed)",
+    )
+    aud.add_argument(
+        "--formats",
+        type=_format_list,
+        default=None,
+        metavar="FMT,...",
+        help=f"the formats allowed; any other is an error (default: all; known: {','.join(KNOWN_FORMATS)})",
     )
     aud.add_argument("--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have")
     aud.add_argument(
@@ -238,7 +279,13 @@ def _run_audit(args: argparse.Namespace) -> int:
     progress = _progress()
     try:
         report = audit(
-            args.paths, args.format, roots=args.root, max_depth=args.max_depth or MAX_DEPTH, on_image=progress
+            args.paths,
+            args.format,
+            roots=args.root,
+            max_depth=args.max_depth or MAX_DEPTH,
+            standalone=args.standalone,
+            formats=args.formats,
+            on_image=progress,
         )
     except PathError as exc:
         print(f"imgchain: {exc.describe()}", file=sys.stderr)

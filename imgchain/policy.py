@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass, field
 
 from imgchain.errors import (
+    BackingLoopError,
     BackingMissingError,
     BackingNameError,
     FormatError,
@@ -82,8 +83,9 @@ CODES: dict[str, Code] = {
         Code(
             "backing-outside-root",
             Severity.ERROR,
-            "With `--root`, a layer, a data file or a `json:` file path lies outside every root (after "
-            "symlinks and `..` are resolved). It is not opened.",
+            "A layer, a data file, or any file, folder or socket that a name makes qemu open lies outside the "
+            "roots (after symlinks and `..` are resolved): the `--root` folders or, without `--root`, the folders "
+            "named and the folders of the files named. It is not opened.",
             "An image that names `/etc/shadow`, `../../etc/passwd` or an innocent-looking symlink to a host "
             "file makes whoever opens the chain read that file into a guest.",
             "Remove or rebase the image; if the file is legitimate, move it under a root or add its directory "
@@ -155,6 +157,39 @@ CODES: dict[str, Code] = {
             "version, compression type or cipher, or a format imgchain does not decode.",
             "qemu 7.2 would refuse it, or (for formats such as vmdk) imgchain cannot check it.",
             "Use a newer qemu if the feature is genuine, or convert the image.",
+        ),
+        Code(
+            "not-standalone",
+            Severity.ERROR,
+            "With `--standalone`, an image names another file: a backing file, an external data file, a vmdk "
+            "extent or parent, a parent locator. Nothing it names is opened.",
+            "The upload policy of Glance, Nova and Cinder: an image from a user must not reach outside itself, "
+            "whether or not the file it names exists or lies inside a root.",
+            "Flatten the image into one that stands alone: `qemu-img convert -O qcow2 IMAGE OUT`.",
+        ),
+        Code(
+            "format-not-allowed",
+            Severity.ERROR,
+            "With `--formats`, an image (or a layer of its chain) is in a format not on the list.",
+            "Every format is attack surface for the host that opens it; a cloud accepts the few it needs.",
+            "Convert the image to an allowed format (`qemu-img convert -O raw`), or allow the format.",
+        ),
+        Code(
+            "format-polyglot",
+            Severity.ERROR,
+            "The image's header is valid, and the bytes its format reserves for the header also hold another "
+            "format's signature where that format's readers look (an ISO 9660 or UDF volume descriptor, a GPT "
+            "header, another image format's header).",
+            "qemu opens it as one format while firmware, ISO tools or another hypervisor see another: a file "
+            "that passes one check and is used as something else. OpenStack's format_inspector refuses these.",
+            "Do not use the file; convert it from a trusted source (`qemu-img convert` never makes these).",
+        ),
+        Code(
+            "internal-error",
+            Severity.ERROR,
+            "imgchain failed on this image: a bug, reported as a finding so that the rest of the audit goes on.",
+            "The image was not fully checked.",
+            "Treat the image as unchecked, and report the message to imgchain's developers.",
         ),
         Code(
             "image-unreadable",
@@ -277,6 +312,8 @@ def error_finding(exc: ImgChainError, path: str, owner: str | None, chain: tuple
         if owner is None:
             return finding("image-unreadable", path, chain, reason)
         return finding("backing-missing", owner, chain, f"backing file {path!r} does not exist", target=path)
+    if isinstance(exc, BackingLoopError):  # (a name whose symlinks loop)
+        return finding("backing-loop", owner or path, chain, f"{path!r}: {reason}", target=path)
     if isinstance(exc, NotRegularFileError):
         return finding("backing-not-regular", owner or path, chain, f"{path!r} is {reason}", target=path)
     if isinstance(exc, BackingNameError):

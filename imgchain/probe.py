@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from imgchain import formats
 from imgchain.errors import (
+    BackingLoopError,
     BackingMissingError,
     ChainError,
     FormatError,
@@ -145,20 +146,29 @@ def _os_error(path: str, exc: OSError) -> ChainError:
 MAX_SYMLINKS = 40
 
 
-def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
+def _within(path: str, root: str) -> bool:
+    """Whether the absolute ``path`` is ``root`` or below it (``/`` holds everything)."""
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+def outside_roots(path: str, roots: tuple[str, ...], named: tuple[str, ...] = ()) -> str | None:
     """Where ``path`` leads if that is outside every root, else None.
 
-    ``roots`` are absolute real paths.  Symlinks and ``..`` are resolved one
-    component at a time (``lstat``, ``readlink``), and resolution stops at
-    the first component that is neither inside a root nor above one: nothing
-    outside the roots is ever looked at.  A name that does not exist
-    resolves lexically from there on.
+    ``roots`` are absolute real paths (``/`` holds everything).  Symlinks and
+    ``..`` are resolved one component at a time (``lstat``, ``readlink``),
+    and resolution stops at the first component that is neither inside a
+    root nor above one: nothing outside the roots is ever looked at.  The
+    one exception is ``named``: absolute (unresolved) paths that the user
+    typed, whose own components may be looked at, so that a root or a path
+    named through a symlink (``ln -s store s; --root s s``) is resolved
+    exactly as its root is.  A name that does not exist resolves lexically
+    from there on.  More than :data:`MAX_SYMLINKS` symlinks in one name is
+    a loop: :class:`BackingLoopError`.
     """
 
     def may_look(candidate: str) -> bool:
-        return any(
-            candidate == root or candidate.startswith(root + "/") or root.startswith(candidate.rstrip("/") + "/")
-            for root in roots
+        return any(_within(candidate, root) or _within(root, candidate) for root in roots) or any(
+            _within(typed, candidate) for typed in named
         )
 
     if not path.startswith("/"):
@@ -189,7 +199,9 @@ def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > MAX_SYMLINKS:
-                        return candidate
+                        raise BackingLoopError(
+                            path, f"more than {MAX_SYMLINKS} symbolic links at {candidate!r}: the name loops"
+                        )
                     target = os.readlink(candidate)
                     if target.startswith("/"):
                         resolved = ""
@@ -197,8 +209,7 @@ def outside_roots(path: str, roots: tuple[str, ...]) -> str | None:
                     continue
         resolved = candidate
     final = resolved or "/"
-    inside = any(final == root or final.startswith(root + "/") for root in roots)
-    return None if inside else final
+    return None if any(_within(final, root) for root in roots) else final
 
 
 def same_file(a: str, b: str) -> bool:
