@@ -45,6 +45,7 @@ from imgchain.policy import (
     finding,
     header_findings,
     mismatch_finding,
+    polyglot_finding,
     unrecorded_finding,
 )
 from imgchain.probe import FileInfo, outside_roots, read_image, same_file, stat_image
@@ -352,6 +353,8 @@ class _Audit:
         node.backing_format = None if d.backing_format is None else sys.intern(d.backing_format)
         for f in header_findings(path, d, chain):
             self.add(f, ident, f.message)
+        if image.polyglot:
+            self.add(polyglot_finding(path, image.format, image.polyglot, chain), ident)
         if self.allowed is not None and image.format not in self.allowed:
             allowed = ", ".join(sorted(self.allowed))
             message = f"the image is {image.format}, which is not among the allowed formats ({allowed})"

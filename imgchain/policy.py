@@ -10,6 +10,7 @@ module to word what it finds.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from imgchain.errors import (
@@ -23,6 +24,7 @@ from imgchain.errors import (
     UnsupportedFeatureError,
 )
 from imgchain.formats import DecodedImage, qcow2
+from imgchain.formats.polyglot import Signature
 
 __all__ = [
     "CODES",
@@ -33,6 +35,7 @@ __all__ = [
     "finding",
     "header_findings",
     "mismatch_finding",
+    "polyglot_finding",
     "unrecorded_finding",
 ]
 
@@ -277,6 +280,15 @@ def mismatch_finding(
     if reason is not None:
         message += f" ({reason})"
     return finding("format-probe-mismatch", path, chain, message, **details)
+
+
+def polyglot_finding(path: str, fmt: str, signatures: Iterable[Signature], chain: tuple[str, ...]) -> Finding:
+    """A valid ``fmt`` image whose header bytes also hold ``signatures``."""
+    found = list(signatures)
+    what = "; ".join(f"{s.what} at {s.offset:#x}" for s in found)
+    others = ",".join(dict.fromkeys(s.format for s in found))
+    message = f"a valid {fmt} header, and its header area also holds {what}: other readers see another format"
+    return finding("format-polyglot", path, chain, message, formats=f"{fmt},{others}")
 
 
 def unrecorded_finding(

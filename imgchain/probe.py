@@ -33,7 +33,7 @@ from imgchain.errors import (
     NotRegularFileError,
     TruncatedError,
 )
-from imgchain.formats import NeedBytes, Window, qcow2
+from imgchain.formats import NeedBytes, Window, polyglot, qcow2
 
 if TYPE_CHECKING:
     from imgchain.formats import luks
@@ -57,7 +57,11 @@ __all__ = [
 INITIAL_READ = 4096
 #: When a decoder needs bytes beyond what was read, at least this much is read.
 READ_AHEAD = 64 * 1024
-#: The most any one image may cost in reads, header and tables together.
+#: The most the headers of any one image may cost in reads (a qcow2 header
+#: cluster is at most 2 MiB).  Tables add what qemu lets them span: a qcow2
+#: snapshot table up to QCOW_MAX_SNAPSHOTS_SIZE (64 MiB), a bitmap directory
+#: up to QCOW2_MAX_BITMAP_DIRECTORY_SIZE (64 MiB less 64 KiB), each only as
+#: far as its header says it may reach (see :meth:`_Reader.allow`).
 READ_CAP = 16 * 1024 * 1024
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -116,6 +120,9 @@ class Image(NamedTuple):
     #: The LUKS header a LUKS-encrypted qcow2 points at (checked as qemu does).
     luks: luks.LuksHeader | None = None
     bytes_read: int = 0
+    #: Other formats' signatures inside the bytes this image's format keeps
+    #: for its header (a polyglot: see ``imgchain.formats.polyglot``).
+    polyglot: tuple[polyglot.Signature, ...] = ()
 
 
 _KIND_NAMES = (
@@ -225,11 +232,12 @@ def same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def stat_image(path: str) -> FileInfo:
+def stat_image(path: str | os.PathLike[str]) -> FileInfo:
     """``stat`` a would-be image (following symlinks) without opening it.
 
     Raises BackingMissingError, ImageAccessError, or NotRegularFileError for
     anything but a regular file or a block device."""
+    path = os.fspath(path)
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -243,19 +251,26 @@ def stat_image(path: str) -> FileInfo:
 
 
 class _Reader:
-    """Bounded reads from one open image."""
+    """Bounded reads from one open image: at most ``cap`` bytes in all,
+    :data:`READ_CAP` for the headers plus what :meth:`allow` adds."""
 
-    __slots__ = ("fd", "path", "total")
+    __slots__ = ("cap", "fd", "path", "total")
 
     def __init__(self, fd: int, path: str, total: int = 0) -> None:
         self.fd = fd
         self.path = path
         self.total = total  #: bytes read so far
+        self.cap = READ_CAP
+
+    def allow(self, length: int) -> None:
+        """Let the reads go ``length`` bytes further: what a table the header
+        points at may span, by the header and by qemu's own limit for it."""
+        self.cap += length
 
     def pread(self, length: int, offset: int) -> bytes:
-        if self.total + length > READ_CAP:
+        if self.total + length > self.cap:
             raise ImageAccessError(
-                self.path, f"reading {length} bytes at {offset} would pass the read cap of {READ_CAP} bytes per image"
+                self.path, f"reading {length} bytes at {offset} would pass the read cap of {self.cap} bytes here"
             )
         try:
             data = _pread(self.fd, length, offset)
@@ -278,7 +293,7 @@ class _Reader:
 
 
 def read_image(
-    path: str,
+    path: str | os.PathLike[str],
     fmt: str | None = None,
     *,
     source: FormatSource | None = None,
@@ -296,6 +311,7 @@ def read_image(
     Raises FormatError (a malformed or refused header) or ChainError (the
     file is missing, unreadable, or not a regular file or block device).
     """
+    path = os.fspath(path)
     if info is None:
         info = stat_image(path)
     try:
@@ -338,6 +354,12 @@ def read_image(
                 content = reader.fill(formats.by_name(probed).decode, win, probed)
             except FormatError as exc:
                 content = exc
+        signatures: tuple[polyglot.Signature, ...] = ()
+        header_end = polyglot.header_end_of(decoded)
+        if header_end:
+            signatures = reader.fill(
+                lambda w: polyglot.foreign_signatures(w, module.NAME, header_end), win, module.NAME
+            )
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
@@ -347,8 +369,14 @@ def read_image(
 
             luks_header = reader.fill(lambda w: luks.decode(w, fde.offset), win, luks.NAME)
         if tables and isinstance(decoded, qcow2.Qcow2Image):
-            snapshots = reader.fill(lambda w: qcow2.decode_snapshot_table(w, decoded), win, module.NAME)
-            bitmaps = reader.fill(lambda w: qcow2.decode_bitmap_directory(w, decoded), win, module.NAME)
+            ext = decoded.bitmaps_extension
+            reader.allow(qcow2.snapshot_table_span(decoded) + (ext.bitmap_directory_size if ext else 0))
+            try:
+                snapshots = reader.fill(lambda w: qcow2.decode_snapshot_table(w, decoded), win, module.NAME)
+                bitmaps = reader.fill(lambda w: qcow2.decode_bitmap_directory(w, decoded), win, module.NAME)
+            except FormatError as exc:
+                exc.probed_format = probed
+                raise
     except FormatError as exc:
         exc.path = path
         raise
@@ -360,5 +388,16 @@ def read_image(
         info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
     # (positional: the fields in order, as this is run for every image)
     return Image(
-        path, info, module.NAME, source, probed, decoded, content, snapshots, bitmaps, luks_header, reader.total
+        path,
+        info,
+        module.NAME,
+        source,
+        probed,
+        decoded,
+        content,
+        snapshots,
+        bitmaps,
+        luks_header,
+        reader.total,
+        signatures,
     )

@@ -805,3 +805,19 @@ def test_one_image_that_crashes_the_auditor_does_not_stop_the_audit(store, monke
     ]
     f = only(report, "internal-error")
     assert "RecursionError: maximum recursion depth exceeded" in f.message
+
+
+def test_polyglot_qcow2_over_an_iso_is_an_error_and_the_iso_itself_is_clean(store):
+    """A qcow2 header written over the start of an ISO 9660 image: qemu opens a
+    qcow2, firmware and ISO tools see an ISO."""
+    iso = _iso_disk() + b"\0" * 65536
+    qcow2 = craft.qcow2(cluster_bits=16)  # (qemu's default cluster: the header cluster covers 0x8000)
+    assert formats.qcow2.decode(qcow2).cluster_size == 65536
+    put(store / "up/iso.raw", iso)
+    put(store / "up/plain.qcow2", qcow2)
+    put(store / "up/poly.qcow2", qcow2[:0x8000] + iso[0x8000:0x10000] + qcow2[0x10000:])
+    report = audit(["up"], standalone=True)
+    f = only(report, "format-polyglot")
+    assert f.image == "up/poly.qcow2" and f.details["formats"] == "qcow2,iso9660"
+    assert "ISO 9660" in f.message and "0x8001" in f.message
+    assert [x.code for x in report.findings] == ["format-polyglot"]
