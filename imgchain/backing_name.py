@@ -655,7 +655,10 @@ def _parse_json(name: str) -> Parsed:
         raise _refused(name, "json: the top level is not an object")
     if _too_deep(root):
         raise _refused(name, f"json: nested deeper than {_MAX_JSON_DEPTH}")
-    tree = _deflatten_arrays(_deflatten_keys(name, root))
+    keyed = _deflatten_keys(name, root)
+    if _too_deep(keyed):  # dotted keys nest too: "a.b.c" is three levels
+        raise _refused(name, f"json: nested deeper than {_MAX_JSON_DEPTH} (counting dotted keys)")
+    tree = _deflatten_arrays(keyed)
     # Two syntaxes: json:{"file":{"driver":...}} and json:{"driver":...}.
     top = tree
     if isinstance(tree, dict) and "driver" not in tree and isinstance(tree.get("file"), dict):

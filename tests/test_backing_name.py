@@ -781,3 +781,11 @@ DOCS = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6)
 @given(DOCS)
 def test_arbitrary_json(doc: dict[str, object]) -> None:
     check("json:" + json.dumps(doc))
+
+
+def test_json_dotted_keys_deeper_than_the_cap_are_refused_not_a_recursion_error() -> None:
+    # 520 dots used to nest 520 objects and overflow _deflatten_arrays' recursion.
+    with pytest.raises(BackingNameError, match="nested deeper"):
+        parse_backing_name('json:{"' + "." * 520 + 'a":1}')
+    with pytest.raises(BackingNameError, match="nested deeper"):
+        parse_backing_name('json:{"file":{"' + "x." * 100 + 'driver":"file"}}')
