@@ -19,6 +19,7 @@ none is recorded.  The walk stops at:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -97,6 +98,7 @@ def resolve_chain(
     layer's name before the layer is looked at, and may raise a ChainError
     (such as OutsideRootError) to stop the walk there.
     """
+    path = os.fspath(path)
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1")
     layers: list[Layer] = []

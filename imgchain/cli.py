@@ -1,14 +1,22 @@
 """The command line: argument parsing, output and exit codes, nothing more.
 
-Exit codes (also in the README):
+Exit codes (also in the README), the same for every command:
 
 * 0: done, nothing wrong;
 * 1: an image or chain could not be read as asked: a malformed or refused
   header, a loop, a missing or unreadable file, a FIFO or device in a chain,
-  a chain deeper than ``--max-depth``;
-* 2: usage: the command line itself is wrong.
+  a chain deeper than ``--max-depth``; for ``audit``, a finding at
+  ``--fail-on`` or worse, a named PATH that cannot be read among them (it is
+  an ``image-unreadable`` finding, and the other paths are still audited);
+  for ``xml --verify``, a difference; and the output could not be written
+  (standard output closed, a full disk, a closed pipe);
+* 2: usage: the command line itself is wrong (an unknown option, a value
+  that is not allowed, a ``--root`` that is not a directory), and nothing
+  was read.
 
-Every error is one line on stderr, ``imgchain: <file>: <reason>``.
+Every error is one line on stderr, ``imgchain: <file>: <reason>``; no name
+in it, or in any line of human output, can break the line or drive the
+terminal (every character that is not printable is escaped).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from imgchain import __version__
-from imgchain.errors import ImgChainError, PathError
+from imgchain.errors import ImgChainError, PathError, plain, quoted, shown
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FORMATS = ("qcow2", "qed", "raw")
@@ -32,11 +40,20 @@ class _UsageError(Exception):
     """A usage error found after argparse: exit status 2."""
 
 
+class _OutputError(Exception):
+    """Standard output could not be written: exit status 1."""
+
+    def __init__(self, reason: str, *, quiet: bool = False) -> None:
+        super().__init__(reason)
+        #: Whether to say nothing (a closed pipe: the reader has left).
+        self.quiet = quiet
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"imgchain: usage: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"imgchain: usage: {_line(message)} (see '{self.prog} --help')\n")
 
 
 def _positive(text: str) -> int:
@@ -124,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="find hostile or broken images and chains (format-probing attacks, escapes, loops ...)",
         description="Audit images and directories of images: each image and its backing chain, for the "
         "format-probing attack, host files named as backing or data files, loops, missing bases and more. "
-        "Exit 0 when no finding reaches --fail-on, 1 when one does, 2 for usage or an unreadable PATH.",
+        "Exit 0 when no finding reaches --fail-on, 1 when one does (a PATH that cannot be read is an "
+        "image-unreadable finding), 2 for usage.",
     )
     aud.add_argument("-f", "--format", choices=FORMATS, help="declare the format of the named images")
     aud.add_argument(
@@ -167,16 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write(text: str) -> None:
     """Write to stdout; file names that are not UTF-8 go out as their bytes."""
-    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()
+    _write_all((text,))
 
 
 def _write_all(pieces: Iterable[str]) -> None:
-    """Write a long output piece by piece (never one string in memory)."""
+    """Write a long output piece by piece (never one string in memory).
+    Raises _OutputError when stdout is closed or a write fails."""
+    if sys.stdout is None:  # (Python's stdout when the process started without one)
+        raise _OutputError("standard output is closed")
     out = sys.stdout.buffer
-    for piece in pieces:
-        out.write(piece.encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()
+    for piece in pieces:  # (only the writes are in the try: the pieces are made by pure emitters)
+        data = piece.encode("utf-8", "surrogateescape")
+        try:
+            out.write(data)
+        except OSError as exc:
+            raise _output_error(exc) from None
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise _output_error(exc) from None
+
+
+def _output_error(exc: OSError) -> _OutputError:
+    if isinstance(exc, BrokenPipeError):
+        return _OutputError("standard output: the reader has gone", quiet=True)
+    return _OutputError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -193,14 +226,16 @@ def _run_info(args: argparse.Namespace) -> int:
     if chain.remote is not None:
         # qemu-img would try to connect; offline, the walk ends here.
         print(
-            f"imgchain: note: the chain goes on at {chain.remote.filename!r} ({chain.remote.protocol}), "
-            "which cannot be examined offline",
+            _line(
+                f"imgchain: note: the chain goes on at {quoted(chain.remote.filename)} ({chain.remote.protocol}), "
+                "which cannot be examined offline"
+            ),
             file=sys.stderr,
         )
     if args.output == "json":
         _write(qemu.dumps(infos if args.backing_chain else infos[0]) + "\n")
     else:
-        _write(_printable(qemu.human(infos)))
+        _write(_lines(qemu.human(infos)))
     return EXIT_OK
 
 
@@ -247,11 +282,12 @@ def _verify(path: str, max_depth: int) -> int:
         raise PathError(path, "no <disk> with a source in it")
     differences = 0
     lines = []
+    where = shown(path)
     for element, disk in disks:
         target = element.find("target")
-        name = (target.get("dev") if target is not None else None) or "?"
+        name = shown((target.get("dev") if target is not None else None) or "?")
         if disk is None:
-            lines.append(f"{path}: disk {name}: no local source to check")
+            lines.append(f"{where}: disk {name}: no local source to check")
             continue
         try:
             found = verify_disk(disk, max_depth=max_depth)
@@ -260,10 +296,10 @@ def _verify(path: str, max_depth: int) -> int:
             raise
         differences += len(found)
         for d in found:
-            lines.append(f"{path}: disk {name}: {d.chain} layer {d.layer}: {d.kind}: {d.message}")
+            lines.append(f"{where}: disk {name}: {d.chain} layer {d.layer}: {d.kind}: {d.message}")
         if not found:
-            lines.append(f"{path}: disk {name}: matches the disk ({len(disk.chain.layers)} layers declared)")
-    _write(_printable("\n".join(lines) + "\n"))
+            lines.append(f"{where}: disk {name}: matches the disk ({len(disk.chain.layers)} layers declared)")
+    _write("".join(_line(line) + "\n" for line in lines))
     return EXIT_FAIL if differences else EXIT_OK
 
 
@@ -277,7 +313,7 @@ def _run_audit(args: argparse.Namespace) -> int:
         if not os.path.isdir(root):
             raise _UsageError(f"--root {root!r} is not a directory")
     progress = _progress()
-    try:
+    try:  # (a named PATH that cannot be read is an image-unreadable finding: exit 1, never 2)
         report = audit(
             args.paths,
             args.format,
@@ -287,9 +323,6 @@ def _run_audit(args: argparse.Namespace) -> int:
             formats=args.formats,
             on_image=progress,
         )
-    except PathError as exc:
-        print(f"imgchain: {exc.describe()}", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         if progress is not None:
             progress.close()
@@ -298,7 +331,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     elif args.output == "json":
         _write_all(out.json_chunks(report))
     else:
-        _write_all(_printable(line) + "\n" for line in out.human_lines(report))
+        _write_all(_line(line) + "\n" for line in out.human_lines(report))
     worst = report.worst()
     return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
 
@@ -329,7 +362,7 @@ _PROGRESS_FROM = 1000
 
 def _progress() -> _Progress | None:
     """A progress display when both the output and stderr are a terminal."""
-    if sys.stderr.isatty() and sys.stdout.isatty():
+    if sys.stdout is not None and sys.stderr is not None and sys.stderr.isatty() and sys.stdout.isatty():
         return _Progress()
     return None
 
@@ -354,31 +387,44 @@ def _read_xml(path: str) -> bytes:
         raise PathError(path, exc.strerror or str(exc)) from None
 
 
-def _printable(text: str) -> str:
-    """Escape control characters (a backing name may hold any byte) so that
-    no header can drive the terminal; newlines between lines stay."""
-    if text.isprintable():
+def _line(text: str) -> str:
+    """One line of output as it goes out: every character that is not plain
+    printable text (a newline, a CR, a tab, an escape, a byte that is not
+    UTF-8 ...) escaped.  The emitters escape the names they interpolate
+    (``errors.shown``, ``errors.name_text``); this is the last guard, so that
+    line structure only ever comes from the emitters."""
+    if plain(text):
         return text
-    return "\n".join(
-        "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in line) for line in text.split("\n")
-    )
+    return "".join(c if plain(c) else quoted(c)[1:-1] for c in text)
+
+
+def _lines(text: str) -> str:
+    """A text of whole lines (an emitter's), each line through :func:`_line`."""
+    return "\n".join(_line(line) for line in text.split("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if sys.stdout is None:  # started with stdout closed: say so before any work whose output would be lost
+        print("imgchain: standard output is closed; nothing done", file=sys.stderr)
+        return EXIT_FAIL
     try:
         return int(args.run(args))
     except _UsageError as exc:
-        print(f"imgchain: usage: {exc} (see 'imgchain {args.command} --help')", file=sys.stderr)
+        print(_line(f"imgchain: usage: {exc} (see 'imgchain {args.command} --help')"), file=sys.stderr)
         return EXIT_USAGE
     except ImgChainError as exc:
-        print(f"imgchain: {exc.describe()}", file=sys.stderr)
+        print(_line(f"imgchain: {exc.describe()}"), file=sys.stderr)
         return EXIT_FAIL
-    except BrokenPipeError:
+    except _OutputError as exc:
+        if not exc.quiet:
+            print(f"imgchain: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:  # (stderr's reader has gone)
         return EXIT_FAIL
     except OSError as exc:  # the system failed us where no image was concerned (a vanished working folder ...)
-        print(f"imgchain: {exc.strerror or exc}", file=sys.stderr)
+        print(_line(f"imgchain: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130

@@ -44,6 +44,9 @@ __all__ = [
     "UnsupportedFeatureError",
     "XmlEmitError",
     "XmlError",
+    "name_text",
+    "plain",
+    "quoted",
     "shown",
 ]
 
@@ -71,16 +74,64 @@ class ImgChainError(Exception):
         return text
 
 
+def plain(text: str) -> bool:
+    """Whether ``text`` can go to a terminal as it is: printable characters
+    only (no control, format, separator other than space, or unassigned
+    character) and no undecodable byte (kept as a lone surrogate)."""
+    if not text.isprintable():
+        return False
+    try:
+        text.encode("utf-8")  # undecodable bytes are lone surrogates, which do not encode
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def quoted(text: str) -> str:
+    """``text`` in single quotes with every character that is not printable
+    escaped, as Python writes it, so that the result is one line of
+    printable text: ``\\n``, ``\\r``, ``\\t``, ``\\xNN`` below 0x80, ``\\uNNNN``
+    or ``\\UNNNNNNNN`` above, and ``\\xNN`` (NN of 80..ff) for a byte that is
+    not UTF-8, so that ``\\x80`` and above is always a raw byte.  A quote and
+    a backslash are escaped too."""
+    out = ["'"]
+    for c in text:
+        escape = _ESCAPES.get(c)
+        if escape is not None:
+            out.append(escape)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            cp = ord(c)
+            if 0xDC80 <= cp <= 0xDCFF:  # an undecodable byte (surrogateescape)
+                out.append(f"\\x{cp - 0xDC00:02x}")
+            elif cp < 0x80:
+                out.append(f"\\x{cp:02x}")
+            elif cp <= 0xFFFF:
+                out.append(f"\\u{cp:04x}")
+            else:
+                out.append(f"\\U{cp:08x}")
+    out.append("'")
+    return "".join(out)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", "'": "\\'"}
+
+
 def shown(path: str) -> str:
-    """A file name safe to print on a terminal: as it is when it is plain
-    printable text, else quoted with its odd characters escaped."""
-    if path.isprintable() and path.strip() == path:
-        try:
-            path.encode("utf-8")  # undecodable bytes are lone surrogates, which do not encode
-        except UnicodeEncodeError:
-            return repr(path)
+    """A file name safe to print on a terminal and in a one-line message: as
+    it is when it is plain printable text without spaces at either end, else
+    :func:`quoted`."""
+    if plain(path) and path.strip() == path:
         return path
-    return repr(path)
+    return quoted(path)
+
+
+def name_text(name: str) -> str:
+    """A name (from a header, or a file name) for a line of output where
+    qemu-img prints it raw: as it is when :func:`plain`, else :func:`quoted`,
+    so that no name can break a line, forge one, or drive a terminal."""
+    return name if plain(name) else quoted(name)
 
 
 class FormatError(ImgChainError, ValueError):

@@ -131,3 +131,35 @@ def test_python_dash_m_and_version(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "imgchain", "--version"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert proc.stdout.startswith("imgchain ")
+
+
+def test_audit_of_named_paths_that_cannot_be_read_is_findings_and_exit_1(capsys, chain_dir, monkeypatch):
+    """One rule for every command: a path that cannot be read exits 1; in the
+    audit it is an image-unreadable finding and the other paths are audited."""
+    import imgchain.audit
+
+    os.mkfifo("pipe")
+    os.mkdir("locked")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(imgchain.audit.os, "scandir", scandir)
+    code, out, err = run(capsys, "audit", "--output=json", "nope.qcow2", "pipe", "locked", "top.qcow2")
+    assert (code, err) == (EXIT_FAIL, "")
+    report = json.loads(out)
+    assert [i["path"] for i in report["images"]] == ["base.raw", "top.qcow2"]
+    unreadable = {f["image"]: f["message"] for f in report["findings"] if f["code"] == "image-unreadable"}
+    assert set(unreadable) == {"nope.qcow2", "pipe", "locked"}
+    assert "No such file or directory" in unreadable["nope.qcow2"]
+    assert "Permission denied" in unreadable["locked"]
+    # A folder alone, or a file alone: the same rule.
+    assert run(capsys, "audit", "locked")[0] == EXIT_FAIL
+    assert run(capsys, "audit", "nope.qcow2")[0] == EXIT_FAIL
+    # A wrong command line is still a usage error.
+    code, out, err = run(capsys, "audit", "--root", "nope", "top.qcow2")
+    assert (code, out) == (EXIT_USAGE, "")
+    assert one_line_error(err).startswith("imgchain: usage: ")

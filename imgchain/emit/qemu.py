@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from imgchain.chain import Layer
+from imgchain.errors import name_text
 from imgchain.formats import qcow2
 
 if TYPE_CHECKING:
@@ -127,6 +128,8 @@ def _qemu_order(d: JSON) -> list[str]:
 
 
 def _string(s: str) -> str:
+    if not s.isascii():
+        s = _qemu_text(s)
     out = ['"']
     for ch in s:
         cp = ord(ch)
@@ -138,8 +141,6 @@ def _string(s: str) -> str:
             out.append(_SHORT_ESCAPES[ch])
         elif 0x20 <= cp < 0x7F:
             out.append(ch)
-        elif 0xDC80 <= cp <= 0xDCFF:  # an undecodable byte (surrogateescape)
-            out.append("\\uFFFD")
         elif cp > 0xFFFF:
             cp -= 0x10000
             out.append(f"\\u{0xD800 + (cp >> 10):04X}\\u{0xDC00 + (cp & 0x3FF):04X}")
@@ -148,6 +149,49 @@ def _string(s: str) -> str:
     out.append('"')
     return "".join(out)
 
+
+def _qemu_text(s: str) -> str:
+    """``s`` as qemu's JSON writer reads its bytes (``mod_utf8_codepoint``,
+    util/unicode.c): a sequence it refuses (a stray or missing continuation
+    byte, an overlong form, a surrogate, a noncharacter such as U+FFFE, past
+    U+10FFFF) is one U+FFFD for all the bytes it takes, and ``C0 80`` is
+    U+0000.  (Bytes that are not UTF-8 are lone surrogates in ``s``.)"""
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate not made by decoding
+        raw = s.encode("utf-8", "surrogatepass")
+    out: list[str] = []
+    i, n = 0, len(raw)
+    while i < n:
+        byte = raw[i]
+        i += 1
+        if byte < 0x80:
+            out.append(chr(byte))
+            continue
+        cp = -1
+        if byte < 0xFE and byte & 0x40:  # a lead byte
+            length, mask = 0, 0x80
+            while byte & mask:
+                length += 1
+                mask >>= 1
+            cp = byte & (mask - 1)
+            for _ in range(1, length):
+                if i >= n or raw[i] & 0xC0 != 0x80:
+                    cp = -1  # a continuation byte is missing (the byte after is read afresh)
+                    break
+                cp = cp << 6 | raw[i] & 0x3F
+                i += 1
+            else:
+                if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or 0xFDD0 <= cp <= 0xFDEF or cp & 0xFFFE == 0xFFFE:
+                    cp = -1
+                elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
+                    cp = -1  # overlong (but C0 80 is qemu's NUL)
+        out.append(chr(cp) if cp >= 0 else "\ufffd")
+    return "".join(out)
+
+
+#: The least code point of a sequence of 2, 3, ... 6 bytes.
+_MIN_CP = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)
 
 _SHORT_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -210,6 +254,8 @@ def _dump_value(value: Any, level: int, lines: list[str], label: str) -> None:
             _dump_value(v, level + 1, lines, f"[{i}]")
     elif isinstance(value, bool):
         lines.append(f"{pad}{label}: {'true' if value else 'false'}")
+    elif isinstance(value, str):  # names from the header (bitmaps, the data file) among them
+        lines.append(f"{pad}{label}: {name_text(value)}")
     else:
         lines.append(f"{pad}{label}: {value}")
 
@@ -222,7 +268,7 @@ def _snapshot_row(s: JSON | None) -> str:
     clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{s['vm-clock-nsec'] // 1_000_000:03d}"
     icount = str(s["icount"]) if "icount" in s else ""
     size = size_to_str(s["vm-state-size"])
-    return f"{_pad(s['id'], 9)} {_pad(s['name'], 16)} {size:>8}{date:>20}{clock:>13}{icount:>11}"
+    return f"{_pad(name_text(s['id']), 9)} {_pad(name_text(s['name']), 16)} {size:>8}{date:>20}{clock:>13}{icount:>11}"
 
 
 def _pad(text: str, width: int) -> str:
@@ -231,9 +277,11 @@ def _pad(text: str, width: int) -> str:
 
 
 def human_one(info: JSON) -> str:
-    """qemu-img info's text for one image (from :func:`image_info`)."""
+    """qemu-img info's text for one image (from :func:`image_info`).  Names
+    that are not plain printable text (control characters, newlines, bytes
+    that are not UTF-8) are quoted and escaped, where qemu-img prints them raw."""
     lines = [
-        f"image: {info['filename']}",
+        f"image: {name_text(info['filename'])}",
         f"file format: {info['format']}",
         f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
         f"disk size: {size_to_str(info['actual-size'])}",
@@ -245,12 +293,12 @@ def human_one(info: JSON) -> str:
     if info.get("dirty-flag"):
         lines.append("cleanly shut down: no")
     if "backing-filename" in info:
-        line = f"backing file: {info['backing-filename']}"
+        line = f"backing file: {name_text(info['backing-filename'])}"
         if info["full-backing-filename"] != info["backing-filename"]:
-            line += f" (actual path: {info['full-backing-filename']})"
+            line += f" (actual path: {name_text(info['full-backing-filename'])})"
         lines.append(line)
         if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
+            lines.append(f"backing file format: {name_text(info['backing-filename-format'])}")
     if "snapshots" in info:
         lines.append("Snapshot list:")
         lines.append(_snapshot_row(None))

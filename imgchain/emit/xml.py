@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 
 from imgchain.backing_name import NetworkSource
 from imgchain.disk import Disk, DiskChain, DiskLayer
-from imgchain.errors import XmlEmitError
+from imgchain.errors import XmlEmitError, plain
 
 __all__ = ["LAYOUTS", "XmlEmitError", "disk_element", "to_xml"]
 
@@ -46,8 +46,10 @@ def _sub(parent: ET.Element, tag: str, **attrs: str | None) -> ET.Element:
 
 
 def _writable(text: str) -> bool:
-    """Printable text with no undecodable bytes (kept as lone surrogates)."""
-    return text.isprintable() and not any("\ud800" <= c <= "\udfff" for c in text)
+    """Printable text with no undecodable bytes (kept as lone surrogates):
+    no newline, CR, tab, escape or other control or format character, which
+    XML would carry (as ``&#10;`` ...) to whatever reads the attribute next."""
+    return plain(text)
 
 
 def _host_elements(parent: ET.Element, net: NetworkSource) -> None:
