@@ -279,13 +279,14 @@ class _Reader:
         self.total += len(data)
         return data
 
-    def fill(self, decode: Callable[[Window], T], win: Window, fmt: str) -> T:
-        """Call ``decode`` until it stops asking for bytes."""
+    def fill(self, decode: Callable[[Window], T], win: Window, fmt: str, ahead: int = READ_AHEAD) -> T:
+        """Call ``decode`` until it stops asking for bytes (each read at least
+        ``ahead`` bytes, where the file has them)."""
         while True:
             try:
                 return decode(win)
             except NeedBytes as need:
-                length = min(max(need.length, READ_AHEAD), win.size - need.offset)
+                length = min(max(need.length, ahead), win.size - need.offset)
                 data = self.pread(length, need.offset)
                 if len(data) < need.length:  # the file shrank under us
                     raise TruncatedError(fmt, f"short read at {need.offset}", offset=need.offset) from None
@@ -357,8 +358,9 @@ def read_image(
         signatures: tuple[polyglot.Signature, ...] = ()
         header_end = polyglot.header_end_of(decoded)
         if header_end:
+            # (exactly what it asks for: it never reads past the header area)
             signatures = reader.fill(
-                lambda w: polyglot.foreign_signatures(w, module.NAME, header_end), win, module.NAME
+                lambda w: polyglot.foreign_signatures(w, module.NAME, header_end), win, module.NAME, 0
             )
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
