@@ -1039,6 +1039,8 @@ def files_opened(data: bytes | Window) -> tuple[Reference, ...]:
     if magic == VMDK3_MAGIC:
         return ()
     if magic == VMDK4_MAGIC:
+        if win.size < VMDK4_HEADER_SIZE:
+            return ()
         h = _vmdk4_header(win)
         if not (h.capacity == 0 and h.desc_offset):
             return ()
