@@ -57,3 +57,17 @@ def test_deep_lines_keep_their_indentation_and_say_their_level():
         f"{capped}├─ [{level}] store/leaf000.qcow2",
         f"{capped}└─ [{level}] store/leaf001.qcow2",
     ]
+
+
+def test_a_long_chain_in_a_finding_is_shown_by_its_ends():
+    from imgchain.policy import finding
+
+    report = chain_report(3)
+    chain = tuple(f"store/layer{i:05d}.qcow2" for i in range(100))
+    report.findings.append(finding("backing-missing", chain[-1], chain, "its backing file is missing"))
+    line = next(line for line in human(report).splitlines() if "chain:" in line)
+    assert line.endswith(
+        "chain: store/layer00000.qcow2 -> store/layer00001.qcow2 -> store/layer00002.qcow2 -> store/layer00003.qcow2"
+        " -> (92 more) -> store/layer00096.qcow2 -> store/layer00097.qcow2 -> store/layer00098.qcow2"
+        " -> store/layer00099.qcow2"
+    )
