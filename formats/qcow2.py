@@ -102,6 +102,9 @@ BITMAP_DIRECTORY_ENTRY = Struct(
 
 _SNAPSHOT_HEADER_SIZE = SNAPSHOT_HEADER.sizeof()
 _FEATURE_ENTRY_SIZE = FEATURE_NAME_ENTRY.sizeof()
+#: The extension walk reads many small heads: the declared layout's compiled
+#: struct, used only where the walk has checked that 8 bytes are there.
+_EXTENSION_HEAD = flat(HEADER_EXTENSION).struct
 
 # -- constants -----------------------------------------------------------------
 
@@ -111,6 +114,16 @@ EXT_FEATURE_TABLE = 0x6803F857
 EXT_BITMAPS = 0x23852875
 EXT_FULL_DISK_ENCRYPTION = 0x0537BE77
 EXT_DATA_FILE = 0x44415441
+#: What each extension this decoder reads is called in messages.
+_EXTENSION_NAMES = {
+    EXT_END: "end of extensions",
+    EXT_BACKING_FORMAT: "backing format extension",
+    EXT_FEATURE_TABLE: "feature name table",
+    EXT_BITMAPS: "bitmaps extension",
+    EXT_FULL_DISK_ENCRYPTION: "encryption extension",
+    EXT_DATA_FILE: "data file extension",
+}
+_KNOWN_EXTENSIONS = frozenset(_EXTENSION_NAMES)
 
 INCOMPAT_DIRTY = 1 << 0
 INCOMPAT_CORRUPT = 1 << 1
@@ -136,11 +149,21 @@ MAX_BACKING_FORMAT_LENGTH = 15  # qemu keeps it in char[16]
 MAX_REFCOUNT_ORDER = 6
 MAX_L1_SIZE = 0x2000000  # QCOW_MAX_L1_SIZE, bytes
 MAX_REFTABLE_SIZE = 0x800000  # QCOW_MAX_REFTABLE_SIZE, bytes
-MAX_SNAPSHOTS = 65536
-MAX_SNAPSHOT_EXTRA_DATA = 1024
-MAX_SNAPSHOTS_SIZE = 1024 * MAX_SNAPSHOTS  # the whole table, bytes
-MAX_BITMAPS = 65535
-MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS
+MAX_SNAPSHOTS = 65536  # QCOW_MAX_SNAPSHOTS
+MAX_SNAPSHOT_EXTRA_DATA = 1024  # QCOW_MAX_SNAPSHOT_EXTRA_DATA
+MAX_SNAPSHOTS_SIZE = 1024 * MAX_SNAPSHOTS  # QCOW_MAX_SNAPSHOTS_SIZE: the whole table, bytes (64 MiB)
+#: The most one snapshot table entry can span (its fixed part, extra data,
+#: id and name, and the padding to the next 8-byte boundary).
+MAX_SNAPSHOT_ENTRY_SIZE = 40 + MAX_SNAPSHOT_EXTRA_DATA + 2 * 0xFFFF + 7
+MAX_BITMAPS = 65535  # QCOW2_MAX_BITMAPS
+MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS  # QCOW2_MAX_BITMAP_DIRECTORY_SIZE (64 MiB less 64 KiB)
+#: Unknown header extensions kept by type and place; the rest are counted.
+#: (qemu keeps every one, to write them back when it rewrites the header;
+#: nothing here needs more than a few, and a 2 MiB cluster holds 262,131.)
+MAX_KEPT_UNKNOWN_EXTENSIONS = 16
+#: Extensions walked with one small read each before the rest of the
+#: extension area is taken in one piece (images made by qemu have 1 to 4).
+_FEW_EXTENSIONS = 16
 MAX_BITMAP_NAME_SIZE = 1023
 MAX_BITMAP_TABLE_SIZE = 0x8000000
 MAX_BITMAP_PHYS_SIZE = 64 * 1024 * 1024
@@ -215,7 +238,8 @@ class FeatureName(NamedTuple):
 
 
 class HeaderExtension(NamedTuple):
-    """An extension this decoder does not interpret, kept by type and place."""
+    """An extension this decoder does not interpret, kept by type and place
+    (the first :data:`MAX_KEPT_UNKNOWN_EXTENSIONS` of them)."""
 
     type: int
     offset: int
@@ -284,7 +308,10 @@ class Qcow2Image(NamedTuple):
     feature_table: bytes
     bitmaps_extension: BitmapsExtension | None
     full_disk_encryption: FullDiskEncryption | None
+    #: The first unknown extensions (at most MAX_KEPT_UNKNOWN_EXTENSIONS).
     unknown_extensions: tuple[HeaderExtension, ...]
+    #: How many unknown extensions the header holds in all.
+    unknown_extension_count: int = 0
 
     @property
     def format(self) -> str:
@@ -362,7 +389,7 @@ class Qcow2Image(NamedTuple):
         if self.backing_filename:
             refs.append(Reference("backing", self.backing_filename, "image", self.backing_format))
         if self.data_file:
-            refs.append(Reference("data-file", self.data_file, "cwd", "raw"))
+            refs.append(Reference("data-file", self.data_file, "cwd"))  # (opened by a protocol driver: no format)
         return tuple(refs)
 
 
@@ -539,6 +566,12 @@ def decode(data: bytes | Window) -> Qcow2Image:
     feature_table = b""
     bitmaps = crypto = None
     unknown: list[HeaderExtension] = []
+    n_unknown = 0
+    # The walk reads the area through ``area`` (file bytes from ``base`` on):
+    # one small read per extension for the first few, then, for a header
+    # with many, the rest of the area in one piece.
+    area, base = b"", 0
+    walked = 0
     offset = h.header_length
     while offset < ext_end:
         if offset + 8 > ext_end:
@@ -547,9 +580,17 @@ def decode(data: bytes | Window) -> Qcow2Image:
                 "extension",
                 offset=offset,
             )
-        # Read ahead to the end of the extension area: one read, however many.
-        head = win.get(offset, 8, NAME, "header extension", ahead=ext_end - offset)
-        kind, length = unpack(HEADER_EXTENSION, head, NAME, "header extension", offset)
+        at = offset - base
+        if at + 8 > len(area):
+            # Read ahead to the end of the extension area: one read, however many.
+            if walked < _FEW_EXTENSIONS:
+                area = win.get(offset, 8, NAME, "header extension", ahead=ext_end - offset)
+            else:
+                rest = max(8, min(ext_end, win.size) - offset)
+                area = win.get(offset, rest, NAME, "header extension", ahead=ext_end - offset)
+            base, at = offset, 0
+        kind, length = _EXTENSION_HEAD.unpack_from(area, at)
+        walked += 1
         start = offset + 8
         if length > ext_end - start:
             raise _bad(
@@ -558,8 +599,19 @@ def decode(data: bytes | Window) -> Qcow2Image:
                 length,
                 offset=offset + 4,
             )
+        if kind not in _KNOWN_EXTENSIONS:  # kept by place (the first few), its body not read
+            if n_unknown < MAX_KEPT_UNKNOWN_EXTENSIONS:
+                unknown.append(HeaderExtension(kind, offset, length))
+            n_unknown += 1
+            offset = start + ((length + 7) & ~7)
+            continue
         if kind == EXT_END:
             break
+        body_at = start - base
+        if body_at + length <= len(area):
+            body = area[body_at : body_at + length]
+        else:
+            body = win.get(start, length, NAME, _EXTENSION_NAMES[kind], offset)
         if kind == EXT_BACKING_FORMAT:
             if length > MAX_BACKING_FORMAT_LENGTH:
                 raise _bad(
@@ -569,17 +621,15 @@ def decode(data: bytes | Window) -> Qcow2Image:
                     offset=offset + 4,
                 )
             # An empty name records nothing: qemu probes, as if there were none.
-            backing_format = c_string(win.get(start, length, NAME, "backing format extension", offset)) or None
+            backing_format = c_string(body) or None
         elif kind == EXT_FEATURE_TABLE:
-            feature_table = win.get(start, length, NAME, "feature name table", offset)
+            feature_table = body
         elif kind == EXT_FULL_DISK_ENCRYPTION:
-            crypto = _full_disk_encryption(h, win.get(start, length, NAME, "encryption extension", offset), offset)
+            crypto = _full_disk_encryption(h, body, offset)
         elif kind == EXT_BITMAPS:
-            bitmaps = _bitmaps_extension(h, win.get(start, length, NAME, "bitmaps extension", offset), offset)
-        elif kind == EXT_DATA_FILE:
-            data_file = c_string(win.get(start, length, NAME, "data file extension", offset))
-        else:  # kept by place, its body not read
-            unknown.append(HeaderExtension(kind, offset, length))
+            bitmaps = _bitmaps_extension(h, body, offset)
+        else:  # EXT_DATA_FILE
+            data_file = c_string(body)
         offset = start + ((length + 7) & ~7)
 
     _check_incompatible(h, feature_table)
@@ -595,7 +645,15 @@ def decode(data: bytes | Window) -> Qcow2Image:
 
     # (positional, in field order: this runs for every image)
     return Qcow2Image(
-        h, backing, backing_format if backing else None, data_file, feature_table, bitmaps, crypto, tuple(unknown)
+        h,
+        backing,
+        backing_format if backing else None,
+        data_file,
+        feature_table,
+        bitmaps,
+        crypto,
+        tuple(unknown),
+        n_unknown,
     )
 
 
@@ -669,43 +727,76 @@ def _check_incompatible(h: Qcow2Header, feature_table: bytes) -> None:
     )
 
 
+def snapshot_table_span(image: Qcow2Image) -> int:
+    """The most bytes the snapshot table of ``image`` can span and still be
+    opened by qemu (its entries may not end past QCOW_MAX_SNAPSHOTS_SIZE)."""
+    return min(image.header.nb_snapshots * MAX_SNAPSHOT_ENTRY_SIZE, MAX_SNAPSHOTS_SIZE)
+
+
 def decode_snapshot_table(data: bytes | Window, image: Qcow2Image) -> tuple[Snapshot, ...]:
-    """Decode the snapshot table at ``snapshots_offset``, as qemu reads it."""
+    """Decode the snapshot table at ``snapshots_offset``, as qemu's
+    qcow2_read_snapshots reads it at open.
+
+    Linear in the size of the table: when bytes must be read, the window is
+    asked for at least as many again as were decoded so far, and for at
+    least the fixed part of every entry still to come, so a table takes a
+    handful of reads (and so of decoding passes), whatever its size.
+    """
     win = as_window(data)
     h = image.header
+    count = h.nb_snapshots
+    table = h.snapshots_offset
+    limit = table + MAX_SNAPSHOTS_SIZE  # no entry may end past this
+    fixed = _SNAPSHOT_HEADER_SIZE
     snapshots = []
-    pos = h.snapshots_offset
-    for i in range(h.nb_snapshots):
+    pos = table
+    for i in range(count):
         pos = (pos + 7) & ~7
         what = f"snapshot table entry {i}"
-        e = parse(SNAPSHOT_HEADER, win.get(pos, _SNAPSHOT_HEADER_SIZE, NAME, what), NAME, what, pos)
-        if e.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA:
+        if pos + fixed > limit:
+            raise _bad(f"snapshot table larger than {MAX_SNAPSHOTS_SIZE} bytes", "nb_snapshots", count)
+        ahead = min(limit - pos, max(pos - table, (count - i) * fixed))
+        (
+            l1_table_offset,
+            l1_size,
+            id_str_size,
+            name_size,
+            date_sec,
+            date_nsec,
+            vm_clock_nsec,
+            vm_state_size,
+            extra_size,
+        ) = unpack(SNAPSHOT_HEADER, win.get(pos, fixed, NAME, what, ahead=ahead), NAME, what, pos)
+        if extra_size > MAX_SNAPSHOT_EXTRA_DATA:
             raise _bad(
-                f"{what}: extra_data_size {e.extra_data_size} above {MAX_SNAPSHOT_EXTRA_DATA}",
+                f"{what}: extra_data_size {extra_size} above {MAX_SNAPSHOT_EXTRA_DATA}",
                 "extra_data_size",
-                e.extra_data_size,
+                extra_size,
                 offset=pos + 36,
             )
-        rest = win.get(pos + _SNAPSHOT_HEADER_SIZE, e.extra_data_size + e.id_str_size + e.name_size, NAME, what, pos)
-        extra = rest[: e.extra_data_size]
-        id_str = c_string(rest[e.extra_data_size : e.extra_data_size + e.id_str_size])
-        name = c_string(rest[e.extra_data_size + e.id_str_size :])
-        pos += _SNAPSHOT_HEADER_SIZE + len(rest)
-        if pos - h.snapshots_offset > MAX_SNAPSHOTS_SIZE:
-            raise _bad(f"snapshot table larger than {MAX_SNAPSHOTS_SIZE} bytes", "nb_snapshots", h.nb_snapshots)
-        icount = int.from_bytes(extra[16:24], "big") if len(extra) >= 24 else None
+        end = pos + fixed + extra_size + id_str_size + name_size
+        if end > limit:
+            raise _bad(f"snapshot table larger than {MAX_SNAPSHOTS_SIZE} bytes", "nb_snapshots", count)
+        rest = win.get(pos + fixed, end - pos - fixed, NAME, what, pos, ahead=ahead - fixed)
+        names = extra_size + id_str_size
+        pos = end
+        if extra_size >= 8:
+            vm_state_size = int.from_bytes(rest[0:8], "big")
+        disk_size = int.from_bytes(rest[8:16], "big") if extra_size >= 16 else None
+        icount = int.from_bytes(rest[16:24], "big") if extra_size >= 24 else None
+        # (positional, in field order: a table may hold 65,536 entries)
         snapshots.append(
             Snapshot(
-                id=id_str,
-                name=name,
-                l1_table_offset=e.l1_table_offset,
-                l1_size=e.l1_size,
-                date_sec=e.date_sec,
-                date_nsec=e.date_nsec,
-                vm_clock_nsec=e.vm_clock_nsec,
-                vm_state_size=int.from_bytes(extra[0:8], "big") if len(extra) >= 8 else e.vm_state_size,
-                disk_size=int.from_bytes(extra[8:16], "big") if len(extra) >= 16 else None,
-                icount=None if icount == U64 else icount,
+                c_string(rest[extra_size:names]),
+                c_string(rest[names:]),
+                l1_table_offset,
+                l1_size,
+                date_sec,
+                date_nsec,
+                vm_clock_nsec,
+                vm_state_size,
+                disk_size,
+                None if icount == U64 else icount,
             )
         )
     return tuple(snapshots)

@@ -35,7 +35,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from imgchain.chain import MAX_DEPTH
-from imgchain.errors import ChainError, FormatError, ImgChainError, OutsideRootError, PathError, shown
+from imgchain.errors import (
+    BackingNameError,
+    ChainError,
+    FormatError,
+    ImgChainError,
+    OutsideRootError,
+    PathError,
+    shown,
+)
 from imgchain.formats import Reference
 from imgchain.names import combine, protocol_of
 from imgchain.policy import (
@@ -49,6 +57,7 @@ from imgchain.policy import (
     unrecorded_finding,
 )
 from imgchain.probe import FileInfo, outside_roots, read_image, same_file, stat_image
+from imgchain.qemu_names import QemuName, Target, qemu_opens
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
 
@@ -409,44 +418,81 @@ class _Audit:
             self.add(f, node.path, ref)
 
     def side_reference(self, node: ImageEntry, ref: Reference, chain: tuple[str, ...]) -> None:
-        """A file the image names besides its backing file: held to the
-        roots, never opened."""
-        if ref.kind == "data-file":
-            self.data_file(node, ref.name)
-
-    def data_file(self, node: ImageEntry, name: str) -> None:
-        """A qcow2's external data file name: read as qemu reads it, and, with
-        roots, checked against them (it is never opened)."""
-        chain = (*node.chain(), name)
-        path = name
-        if protocol_of(name) is not None:
-            from imgchain.backing_name import LocalPath, parse_backing_name
-
-            try:
-                source = parse_backing_name(name).source
-            except ImgChainError as exc:
-                self.add(error_finding(exc, name, node.path, chain), node.path, name)
-                return
-            if not isinstance(source, LocalPath):
-                message = f"data file {name!r} is a network source, which cannot be verified offline"
-                self.add(finding("backing-network", node.path, chain, message, target=name))
-                return
-            path = source.path
-        if not self.roots:
+        """A file the image names besides its backing file (a data file, a
+        vmdk extent ...): everything qemu would open for it is held to the
+        roots; nothing is opened."""
+        word = _KIND_WORDS.get(ref.kind, ref.kind)
+        model = self.model(node, ref.name, ref.format, (*chain, ref.name), word)
+        if model is None:
             return
+        for target in model.targets:
+            if target.role != "device-probe":
+                # A plain name is opened from qemu's working folder when the reference says so (a data file).
+                cwd = target.relative_to == "cwd" or ref.relative_to == "cwd"
+                self.hold(node, target, ref.name, word, (*chain, target.path), cwd=cwd, open_images=False)
+        if model.network:
+            what = "; ".join(model.network)
+            message = f"{word} {ref.name!r} is a network source ({what}), which cannot be verified offline"
+            self.add(finding("backing-network", node.path, (*chain, ref.name), message, target=ref.name))
+
+    def model(
+        self, node: ImageEntry, name: str, recorded: str | None, chain: tuple[str, ...], word: str
+    ) -> QemuName | None:
+        """What qemu opens for ``name`` (see ``imgchain.qemu_names``), or
+        None, with a ``backing-name-invalid`` finding, where that cannot be
+        modelled completely."""
+        try:
+            return qemu_opens(name, recorded)
+        except BackingNameError as exc:
+            message = f"{word} name: {exc.reason}: {exc.backing_name!r}"
+            self.add(finding("backing-name-invalid", node.path, chain, message, target=name), node.path, name)
+            return None
+
+    def hold(
+        self,
+        node: ImageEntry,
+        target: Target,
+        name: str,
+        word: str,
+        chain: tuple[str, ...],
+        *,
+        cwd: bool,
+        open_images: bool,
+    ) -> None:
+        """Hold one file, folder or socket that ``node``'s name ``name`` makes
+        qemu open to the roots.  With ``open_images``, a file qemu reads as an
+        image (a ``json:`` name's own ``backing``, quorum children ...) is
+        read too, and its chain followed; nothing else is ever opened."""
+        path = target.path
+        what = f"{word} {name!r}" if not target.option else f"{word} {name!r} (option {target.option!r})"
         if not path.startswith("/"):
-            # qemu opens a relative data file name from its own working
-            # folder, which cannot be known here.
-            message = (
-                f"data file {name!r} is a relative name, which qemu resolves against the working folder of "
-                "whatever opens the image: it cannot be held to --root"
-            )
-            self.add(finding("backing-outside-root", node.path, chain, message, target=name))
+            if cwd:
+                message = (
+                    f"{what} names {target.kind} {path!r} by a relative name, which qemu resolves against the "
+                    "working folder of whatever opens the image: it cannot be held to the roots"
+                )
+                self.add(finding("backing-outside-root", node.path, chain, message, target=path), node.path, name, path)
+                return
+            path = combine(node.path, path)
+        try:
+            self.check_roots(path)
+        except ChainError as exc:
+            if isinstance(exc, OutsideRootError):
+                access = "writes to" if target.writable else "opens"
+                message = f"{what}: qemu {access} {target.kind} {path!r}, which {exc.reason}"
+                self.add(finding("backing-outside-root", node.path, chain, message, target=path), node.path, name, path)
+            else:
+                self.add(error_finding(exc, path, node.path, chain), node.path, name, path)
             return
-        where = outside_roots(path, self.roots)
-        if where is not None:
-            message = f"data file {name!r} resolves to {where!r}, outside every --root"
-            self.add(finding("backing-outside-root", node.path, chain, message, target=name))
+        if target.kind != "file":
+            return  # a folder or a socket inside the roots: never opened
+        info = self.stat(path, node)
+        if info is None or not open_images or target.role == "image":
+            return
+        if target.follows_backing or target.format is not None:
+            entry = self.node(path, info, target.format, "recorded" if target.format else "probed", node)
+            if not entry.flags & ImageEntry.EXPANDED:
+                self.pending.append(entry)
 
     # -- the two passes ---------------------------------------------------------------------------
 
@@ -475,7 +521,9 @@ class _Audit:
 
     def expand(self, node: ImageEntry) -> None:
         """Resolve ``node``'s backing name to an entry (the edge), with the
-        edge's findings."""
+        edge's findings.  Everything else the name makes qemu open (a
+        ``json:`` name's own backing file, data file, children, folders,
+        sockets) is held to the roots, and images among it are read too."""
         node.flags |= ImageEntry.EXPANDED
         name = node.backing_name
         if name is None or node.flags & ImageEntry.FAILED:
@@ -483,37 +531,49 @@ class _Audit:
         if node.depth + 1 >= self.max_depth:
             node.flags |= ImageEntry.TRUNCATED  # the chain goes on past the depth limit
             return
-        full = combine(node.path, name)
         recorded = node.backing_format
-        protocol = protocol_of(full)
-        if protocol is not None:
-            from imgchain.backing_name import LocalPath, parse_backing_name
-
-            try:
-                parsed = parse_backing_name(full)
-            except ImgChainError as exc:
-                self.add(error_finding(exc, full, node.path, (*node.chain(), full)), node.path, full)
+        if protocol_of(name) is None:  # the usual case: a plain path
+            full = combine(node.path, name)
+        else:
+            chain = (*node.chain(), name)
+            model = self.model(node, name, recorded, chain, "backing file")
+            if model is None:
                 return
-            if not isinstance(parsed.source, LocalPath):
-                chain = (*node.chain(), full)
-                kind = getattr(parsed.source, "protocol", protocol)
-                message = f"backing file {full!r} is a {kind} source, which cannot be verified offline"
-                self.add(finding("backing-network", node.path, chain, message, target=full))
-                if recorded is None and parsed.format is None:
-                    self.add(unrecorded_finding(node.path, node.format or "", name, None, False, chain))
+            layer: Target | None = None
+            for target in model.targets:
+                if target.role == "device-probe":
+                    # (qemu opens the literal name from its working folder only to see whether it is a
+                    # host block device: not an image file, and out of reach offline)
+                    continue
+                if target.role == "image" and target.kind == "file" and layer is None:
+                    layer = target
+                else:
+                    self.hold(node, target, name, "backing file", (*chain, target.path), cwd=True, open_images=True)
+            if layer is None or model.network:
+                if model.network:
+                    what = "; ".join(model.network)
+                    message = f"backing file {name!r} is a network source ({what}), which cannot be verified offline"
+                    self.add(finding("backing-network", node.path, chain, message, target=name))
+                if layer is None:
+                    if recorded is None and model.top_driver is None:
+                        self.add(unrecorded_finding(node.path, node.format or "", name, None, False, chain))
+                    return
+            assert layer is not None
+            if not layer.path.startswith("/"):
+                self.hold(node, layer, name, "backing file", (*chain, layer.path), cwd=True, open_images=False)
                 return
-            full, recorded = parsed.source.path, recorded or parsed.format
+            full, recorded = layer.path, layer.format
         info = self.stat(full, node)
         if info is None:
             return
         source = "recorded" if recorded is not None else "probed"
-        target = self.node(full, info, recorded, source, node)
+        target_entry = self.node(full, info, recorded, source, node)
         if recorded is None:
-            nested = target.backing_name is not None
+            nested = target_entry.backing_name is not None
             chain = (*node.chain(), full)
-            self.add(unrecorded_finding(node.path, node.format or "", name, target.probed_format, nested, chain))
-        node.next = target
-        target.add_dependent(node)
+            self.add(unrecorded_finding(node.path, node.format or "", name, target_entry.probed_format, nested, chain))
+        node.next = target_entry
+        target_entry.add_dependent(node)
 
     def chains(self, named: list[ImageEntry]) -> None:
         """Follow each named image's chain along the edges: loops and depth.

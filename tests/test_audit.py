@@ -821,3 +821,196 @@ def test_polyglot_qcow2_over_an_iso_is_an_error_and_the_iso_itself_is_clean(stor
     assert f.image == "up/poly.qcow2" and f.details["formats"] == "qcow2,iso9660"
     assert "ISO 9660" in f.message and "0x8001" in f.message
     assert [x.code for x in report.findings] == ["format-polyglot"]
+
+
+# -- issue 8: every file, folder and socket qemu would open for a name is held to the roots ------------
+
+ESCAPES = {
+    # name: the host path that qemu 7.2 opens for it (tests/test_qemu_names.py checks qemu itself)
+    "nested-backing": (
+        'json:{"driver":"qcow2","file":{"driver":"file","filename":"/R/base.qcow2"},'
+        '"backing":{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}}',
+        "/etc/hostname",
+    ),
+    "flat-backing": (
+        'json:{"driver":"qcow2","file.filename":"/R/base.qcow2","backing.file.filename":"/etc/hostname"}',
+        "/etc/hostname",
+    ),
+    "json-data-file": (
+        'json:{"driver":"qcow2","file.filename":"/R/base.qcow2","data-file.filename":"/etc/hostname"}',
+        "/etc/hostname",
+    ),
+    "fat": ("fat:/etc", "/etc"),
+    "fat-rw": ("fat:rw:/etc", "/etc"),
+    "vvfat-json": ('json:{"driver":"vvfat","dir":"/etc"}', "/etc"),
+    "nbd-unix-uri": ("nbd+unix:///export?socket=/run/evil.sock", "/run/evil.sock"),
+    "nbd-unix-colon": ("nbd:unix:/run/evil.sock", "/run/evil.sock"),
+    "blkdebug": ("blkdebug:/etc/hostname:/R/base.qcow2", "/etc/hostname"),
+    "blkverify": ("blkverify:/etc/hostname:/R/base.qcow2", "/etc/hostname"),
+    "quorum": (
+        'json:{"driver":"quorum","vote-threshold":1,"children":[{"driver":"raw","file.filename":"/etc/hostname"}]}',
+        "/etc/hostname",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_every_local_path_in_a_name_is_held_to_the_roots(store, monkeypatch, case):
+    name, host = ESCAPES[case]
+    root = store / "R"
+    put(root / "base.qcow2", PLAIN)
+    put(root / "top.qcow2", qcow2_naming(name.replace("/R/", f"{root}/"), None))
+    opened = spy_open(monkeypatch)
+    report = audit([str(root / "top.qcow2")])
+    flagged = [f for f in report.findings if f.code == "backing-outside-root" and f.details.get("target") == host]
+    assert flagged, report.findings
+    assert flagged[0].image == str(root / "top.qcow2")
+    assert not [p for p in opened if not os.path.realpath(p).startswith(str(root))], opened
+
+
+def test_a_json_backing_inside_the_roots_is_read_and_its_own_chain_followed(store):
+    """A json: name's own backing file, inside the roots, is an image qemu
+    opens: its header is read, and a host file it names is found."""
+    put(store / "R/base.qcow2", PLAIN)
+    put(store / "R/hidden.qcow2", qcow2_naming("/etc/shadow", "raw"))
+    name = 'json:{"driver":"qcow2","file.filename":"R/base.qcow2","backing":{"driver":"qcow2","file.filename":"%s"}}'
+    put(store / "R/top.qcow2", qcow2_naming(name % (store / "R/hidden.qcow2"), None))
+    report = audit(["R"])
+    f = [f for f in report.findings if f.details.get("target") == "/etc/shadow"]
+    assert [x.image for x in f] == ["R/hidden.qcow2"]
+    # the relative json: file name is resolved by qemu against its own working folder
+    rel = [x for x in report.findings if x.details.get("target") == "R/base.qcow2"]
+    assert rel and "working folder" in rel[0].message
+
+
+def test_names_that_cannot_be_modelled_are_errors(store):
+    for i, name in enumerate(
+        [
+            'json:{"driver":"qcow2","file.filename":"/x","x-unknown-option":"/etc/shadow"}',
+            'json:{"driver":"mystery","filename":"/etc/shadow"}',
+            "json:{" + '"' + "." * 520 + 'a":1}',
+            "gopher://example.org/x",
+        ]
+    ):
+        put(store / f"s/{i}.qcow2", craft.qcow2(cluster_bits=12, backing=name.encode()))
+    report = audit(["s"])
+    assert codes(report) == [("backing-name-invalid", f"s/{i}.qcow2") for i in range(4)]
+
+
+_HOST = "/etc/hostname"
+
+
+@st.composite
+def json_names(draw):  # type: ignore[no-untyped-def]
+    """json: names that hide a host path somewhere qemu would open it."""
+    leaf = draw(
+        st.sampled_from(
+            [
+                {"driver": "file", "filename": _HOST},
+                {"driver": "raw", "file": {"driver": "file", "filename": _HOST}},
+                {"driver": "host_device", "filename": _HOST},
+                {"driver": "vvfat", "dir": "/etc"},
+                {"driver": "nbd", "server": {"type": "unix", "path": "/run/x.sock"}, "export": "e"},
+                {"driver": "blkdebug", "config": _HOST, "image": {"driver": "file", "filename": "/R/b"}},
+            ]
+        )
+    )
+    node: object = leaf
+    for _ in range(draw(st.integers(0, 3))):
+        wrapper = draw(st.sampled_from(["raw", "qcow2", "throttle-ish", "copy-on-read", "quorum", "qcow2-backing"]))
+        if wrapper == "quorum":
+            node = {"driver": "quorum", "vote-threshold": 1, "children": [node]}
+        elif wrapper == "qcow2-backing":
+            node = {"driver": "qcow2", "file": {"driver": "file", "filename": "/R/b"}, "backing": node}
+        elif wrapper == "throttle-ish":
+            node = {"driver": "compress", "file": node}
+        else:
+            node = {"driver": wrapper, "file": node}
+    text = json.dumps(node, separators=(",", ":"))
+    if draw(st.booleans()):  # flattened spelling: "a.b.c": value
+
+        def flat(prefix, value):  # type: ignore[no-untyped-def]
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    yield from flat(f"{prefix}{k}.", v)
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    yield from flat(f"{prefix}{i}.", v)
+            else:
+                yield prefix[:-1], value
+
+        text = json.dumps(dict(flat("", node)), separators=(",", ":"))
+    return "json:" + text
+
+
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=json_names())
+def test_every_generated_json_name_is_held_to_the_roots_or_refused(tmp_path, monkeypatch, name):
+    root = tmp_path / "R"
+    root.mkdir(exist_ok=True)
+    (root / "b").write_bytes(PLAIN)
+    top = root / "top.qcow2"
+    top.write_bytes(craft.qcow2(cluster_bits=12, backing=name.replace("/R/", f"{root}/").encode()))
+    opened = spy_open(monkeypatch)
+    report = audit([str(top)])
+    assert not [p for p in opened if not os.path.realpath(p).startswith(str(root))], (name, opened)
+    held = [
+        f
+        for f in report.findings
+        if f.code == "backing-name-invalid"
+        or (f.code == "backing-outside-root" and f.details.get("target") in (_HOST, "/etc", "/run/x.sock"))
+    ]
+    assert held, (name, report.findings)
+    monkeypatch.undo()
+
+
+def test_one_store_mixing_every_hostile_class_with_clean_images(store):
+    """Each hostile image is reported, each clean one stays clean, in one run."""
+    s = store / "store"
+    clean = {
+        "base.raw": b"\0" * 65536,
+        "mid.qcow2": qcow2_naming("base.raw", "raw"),
+        "top.qcow2": qcow2_naming("mid.qcow2", "qcow2"),
+        "plain.qcow2": PLAIN,
+        "v2.qcow2": (FIXTURES / "misc/v2.qcow2").read_bytes(),
+        "gpt.raw": _gpt_disk(),
+        "iso.raw": _iso_disk(),
+        "sub/over.qcow2": qcow2_naming("../base.raw", "raw"),
+    }
+    hostile = {
+        "guest.raw": qcow2_naming("/etc/shadow"),  # a raw disk holding a qcow2 header ...
+        "vm.qcow2": qcow2_naming("guest.raw", "raw"),  # ... declared raw by its overlay
+        "abs.qcow2": qcow2_naming("/etc/hostname"),
+        "dotdot.qcow2": qcow2_naming("../../../../../../etc/passwd"),
+        "link.qcow2": qcow2_naming("innocent.raw"),
+        "json-backing.qcow2": craft.qcow2(cluster_bits=12, backing=ESCAPES["flat-backing"][0].encode()),
+        "json-data.qcow2": craft.qcow2(cluster_bits=12, backing=ESCAPES["json-data-file"][0].encode()),
+        "fat.qcow2": qcow2_naming("fat:rw:/etc", None),
+        "sock.qcow2": qcow2_naming("nbd:unix:/run/evil.sock", None),
+        "blkdebug.qcow2": qcow2_naming("blkdebug:/etc/hostname:base.raw", None),
+        "dots.qcow2": craft.qcow2(cluster_bits=12, backing=("json:{" + '"' + "." * 520 + 'a":1}').encode()),
+        "unknown.qcow2": qcow2_naming('json:{"driver":"mystery","filename":"/x"}', None),
+        "data-file.qcow2": (FIXTURES / "misc/data-file.qcow2").read_bytes().replace(b"data.raw", b"/dev/sda", 1),
+        "poly.qcow2": craft.qcow2(cluster_bits=16)[:0x8000] + _iso_disk()[0x8000:] + b"\0" * 0x1000,
+        "fifo.qcow2": qcow2_naming("pipe", "raw"),
+        "loop-a.qcow2": qcow2_naming("loop-b.qcow2", "qcow2"),
+        "loop-b.qcow2": qcow2_naming("loop-a.qcow2", "qcow2"),
+        "missing.qcow2": qcow2_naming("gone.raw", "raw"),
+    }
+    for name, data in {**clean, **hostile}.items():
+        put(s / name, data)
+    os.symlink("/etc/hosts", s / "innocent.raw")
+    os.mkfifo(s / "pipe")
+    report = audit([str(s)])
+    errors = {os.path.relpath(f.image, s) for f in report.findings if f.severity is Severity.ERROR}
+    assert errors.isdisjoint(clean), [f for f in report.findings if os.path.relpath(f.image, s) in clean]
+    # Reported under the image concerned: the raw-declared disk (not its overlay), one image of the loop.
+    reported_elsewhere = {"vm.qcow2", "loop-a.qcow2"}
+    assert set(hostile) - reported_elsewhere <= errors, sorted(set(hostile) - reported_elsewhere - errors)
+    mismatch = only(report, "format-probe-mismatch")
+    assert mismatch.chain == (str(s / "vm.qcow2"), str(s / "guest.raw"))
+    assert only(report, "backing-loop").image == str(s / "loop-b.qcow2")
+    # innocent.raw (a symlink to a host file) is reported too; nothing else is
+    assert errors - set(hostile) == {"innocent.raw"}
