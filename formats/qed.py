@@ -59,6 +59,8 @@ MIN_CLUSTER_SIZE, MAX_CLUSTER_SIZE = 4 * 1024, 64 * 1024 * 1024
 MIN_TABLE_SIZE, MAX_TABLE_SIZE = 1, 16
 MAX_BACKING_FILENAME_SIZE = 4095  # qemu reads it into char[PATH_MAX]
 UINT32_MAX = (1 << 32) - 1
+U64 = (1 << 64) - 1
+SECTOR_SIZE = 512
 
 
 class QedHeader(NamedTuple):
@@ -143,9 +145,14 @@ def _bad(reason: str, field: str, value: object) -> FormatError:
 
 
 def max_image_size(cluster_size: int, table_size: int) -> int:
-    """The largest virtual size two levels of tables can map."""
+    """The largest virtual size two levels of tables can map, computed as
+    qemu's qed_max_image_size computes it: in unsigned 64-bit arithmetic,
+    which wraps to 0 where the true figure reaches 2**64 (4 MiB clusters
+    with 4-cluster tables, 2 MiB with 16, 64 MiB with 2, ...), so that qemu
+    refuses every such image whose size is not 0."""
     entries = table_size * cluster_size // 8
-    return entries * entries * cluster_size
+    l2_size = entries * cluster_size & U64
+    return l2_size * entries & U64
 
 
 def decode(data: bytes | Window) -> QedImage:
@@ -194,11 +201,13 @@ def decode(data: bytes | Window) -> QedImage:
 
 def _check_l1_table(h: QedHeader, header_bytes: int, file_size: int) -> None:
     """qemu's qed_check_table_offset: the L1 table's first and last clusters
-    are cluster aligned, after the header, and inside the file (the file's
-    length rounded down to whole clusters).  qemu 7.2 also insists that the
-    last cluster comes after the first, so it refuses every image with a
+    are cluster aligned, after the header, and inside the file: the file's
+    length as qemu's block layer gives it (``bdrv_getlength``: whole 512-byte
+    sectors, rounded up), then rounded down to whole clusters.  qemu 7.2
+    also insists that the last cluster comes after the first, so it refuses every image with a
     one-cluster table (``table_size`` 1), even one it made itself; we refuse
     them too, since no qemu can open them."""
+    file_size = -(-file_size // SECTOR_SIZE) * SECTOR_SIZE
     file_end = file_size - file_size % h.cluster_size
     first = h.l1_table_offset
     last = first + (h.table_size - 1) * h.cluster_size

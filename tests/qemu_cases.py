@@ -404,8 +404,72 @@ _QCOW2 = [
     ),
 ]
 
+#: Unknown header extensions, empty and not: more than the decoder walks one
+#: read at a time, so the rest of the area is walked in one piece.
+_MANY_UNKNOWN = (
+    *((0x7E570000 + i, b"") for i in range(200)),
+    *((0x7E580000 + i, b"x" * i) for i in range(1, 24)),
+)
+
+_QCOW2_QEMU_LIMITS = [
+    # qemu lists no snapshots of an image with an external data file
+    # (qcow2_snapshot_list: ENOTSUP), though it reads the table at open.
+    _single(
+        "qcow2-data-file-snapshot-hidden",
+        create("a.qcow2"),
+        snapshot("a.qcow2", "s1"),
+        patches=(
+            ReplaceExtensions("a.qcow2", ((EXT_DATA_FILE, b"a.data"),)),
+            Qcow2Field("a.qcow2", "incompatible_features", 1 << 2, "|"),
+            Truncate("a.data", 1 << 20),
+        ),
+        top="a.qcow2",
+    ),
+    # A data file extension on version 2 (no feature bits): qemu shows none.
+    _single(
+        "qcow2-v2-data-file-extension",
+        create("a.qcow2", opts=V2),
+        patches=(ReplaceExtensions("a.qcow2", ((EXT_DATA_FILE, b"a.data"),)),),
+        top="a.qcow2",
+    ),
+    # On version 3 without the data file bit: shown, not opened, no data-file-raw.
+    _single(
+        "qcow2-data-file-extension-without-bit",
+        create("a.qcow2"),
+        patches=(ReplaceExtensions("a.qcow2", ((EXT_DATA_FILE, b"a.data"),)),),
+        top="a.qcow2",
+    ),
+    _single(
+        "qcow2-many-unknown-extensions",
+        create("a.qcow2", opts="cluster_size=4096,data_file=a.data"),
+        patches=(ReplaceExtensions("a.qcow2", (*_MANY_UNKNOWN, (EXT_DATA_FILE, b"a.data"))),),
+        top="a.qcow2",
+    ),
+]
+
 _QED = [
     _single("qed-c4096", create("a.qed", "qed", opts=QED), top="a.qed"),
+    # qemu takes the file's length in whole 512-byte sectors, rounded up,
+    # before it checks that the L1 table lies inside the file.
+    _single(
+        "qed-length-not-whole-sectors",
+        create("a.qed", "qed", opts=QED),
+        patches=(Truncate("a.qed", 5 * 4096 - 100),),
+        top="a.qed",
+    ),
+    # qed_max_image_size wraps to 0 in 64 bits for 4 MiB clusters and
+    # 4-cluster tables: an image of size 0 still opens.
+    _single(
+        "qed-c4M-t4-size-0",
+        create("a.qed", "qed", "0", QED),
+        patches=(
+            QedField("a.qed", "cluster_size", 4 << 20),
+            QedField("a.qed", "table_size", 4),
+            QedField("a.qed", "l1_table_offset", 4 << 20),
+            Truncate("a.qed", 5 * (4 << 20)),
+        ),
+        top="a.qed",
+    ),
     _single("qed-c64k", create("a.qed", "qed", opts=None), top="a.qed"),
     _single("qed-size-0", create("a.qed", "qed", "0", QED), top="a.qed"),
     _single(
@@ -545,7 +609,7 @@ _CHAINS = [
 ]
 
 #: Every case, in a stable order.
-CASES: list[Case] = [*_RAW, *_QCOW2, *_QED, *_CHAINS]
+CASES: list[Case] = [*_RAW, *_QCOW2, *_QCOW2_QEMU_LIMITS, *_QED, *_CHAINS]
 
 
 # qemu's PBKDF2 benchmark (run for every LUKS create, whatever iter-time says)

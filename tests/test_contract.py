@@ -124,3 +124,82 @@ def test_mutated_real_headers_raise_only_our_errors(sample, edits):
             data[pos] = value
     with contextlib.suppress(FormatError):
         decode_all(bytes(data))
+
+
+# -- the probe's view: declared formats, and read caps that follow qemu's limits ------
+
+HEADER_SAMPLES = [
+    ("craft-qcow2-v3", "qcow2", SAMPLES[0][1]),
+    ("craft-qcow2-v2", "qcow2", SAMPLES[1][1]),
+    ("craft-qed", "qed", SAMPLES[2][1]),
+]
+
+
+@pytest.mark.parametrize(("name", "fmt", "data"), HEADER_SAMPLES, ids=[s[0] for s in HEADER_SAMPLES])
+def test_declared_format_truncated_or_broken_is_that_formats_error(tmp_path, name, fmt, data):
+    """A file declared as a format, carrying that format's magic (as qemu
+    probes it) but cut short or broken, fails as that format: the error
+    says the content probes as the declared format, not as another."""
+    from imgchain import probe
+
+    module = formats.by_name(fmt)
+    win = RecordingWindow(data)
+    module.decode(win)
+    path = tmp_path / "img"
+    for n in sorted({8, 20, 64, 71, 100, win.furthest - 1} - set(range(win.furthest, 101))):
+        path.write_bytes(data[:n])
+        with pytest.raises(FormatError) as e:
+            probe.read_image(str(path), fmt)
+        assert (e.value.fmt, e.value.probed_format) == (fmt, fmt), n
+    broken = bytearray(data)
+    broken[20 if fmt == "qcow2" else 4] = 0x7F  # cluster_bits / cluster_size out of range
+    path.write_bytes(bytes(broken))
+    with pytest.raises(FormatError) as e:
+        probe.read_image(str(path), fmt)
+    assert (e.value.fmt, e.value.probed_format) == (fmt, fmt)
+
+
+def test_declared_format_on_other_content_says_what_it_probes_as(tmp_path):
+    from imgchain import probe
+
+    path = tmp_path / "img"
+    path.write_bytes(craft.qed())
+    with pytest.raises(FormatError) as e:
+        probe.read_image(str(path), "qcow2")
+    assert e.value.probed_format == "qed"
+    path.write_bytes(b"QFI\xfb\0\0\0\1" + bytes(600))  # qcow version 1: qemu's "qcow", not qcow2
+    with pytest.raises(FormatError) as e:
+        probe.read_image(str(path), "qcow2")
+    assert e.value.probed_format == "qcow"
+
+
+def test_a_broken_snapshot_table_names_the_probed_format(tmp_path):
+    from imgchain import probe
+
+    path = tmp_path / "img"
+    path.write_bytes(craft.qcow2(nb_snapshots=1, snapshots_offset=4096, file_size=2048))
+    with pytest.raises(FormatError) as e:
+        probe.read_image(str(path), "qcow2")
+    assert e.value.probed_format == "qcow2"
+
+
+def test_tables_may_be_read_as_far_as_qemu_allows(tmp_path):
+    """A 17 MB bitmap directory (qemu allows 64 MiB) is read, past the
+    16 MiB that the headers of an image may cost, and no further."""
+    import struct
+
+    from imgchain import probe
+
+    entries = bytearray()
+    count = 16_300
+    for i in range(count):
+        name = (b"%06d" % i).ljust(1023, b"b")
+        entry = struct.pack(">QIIBBHI", 3 * 4096, 1, 1, 1, 16, len(name), 0) + name
+        entries += entry + b"\0" * (-len(entry) % 8)
+    ext = craft.ext(qcow2.EXT_BITMAPS, struct.pack(">IIQQ", count, 0, len(entries), 4 * 4096))
+    path = tmp_path / "bitmaps.qcow2"
+    path.write_bytes(craft.qcow2(cluster_bits=12, extensions=[ext], autoclear_features=1, file_size=4 * 4096) + entries)
+    image = probe.read_image(str(path))
+    assert len(image.bitmaps) == count
+    assert len(entries) < image.bytes_read <= len(entries) + probe.INITIAL_READ + 2 * probe.READ_AHEAD
+    assert probe.read_image(str(path), tables=False).bytes_read == probe.INITIAL_READ

@@ -240,6 +240,19 @@ REFUSALS = [
     refusal("qed-table-size-32", QED, Q("a.qed", "table_size", 32)),
     refusal("qed-image-size-unaligned", QED, Q("a.qed", "image_size", (1 << 20) + 100)),
     refusal("qed-unknown-feature-bit", QED, Q("a.qed", "features", 1 << 3, "|")),
+    # qed_max_image_size wraps to 0 in 64 bits: any size above 0 is too large.
+    *(
+        refusal(
+            f"qed-c{cluster >> 20}M-t{table}-max-size-wraps",
+            QED,
+            Q("a.qed", "cluster_size", cluster),
+            Q("a.qed", "table_size", table),
+            Q("a.qed", "l1_table_offset", cluster),
+            qc.Truncate("a.qed", (1 + table) * cluster),
+        )
+        for cluster, table in ((4 << 20, 4), (2 << 20, 16), (64 << 20, 2))
+    ),
+    refusal("qed-l1-past-whole-sectors", QED, qc.Truncate("a.qed", 5 * 65536 - 512)),
     refusal(
         "qed-backing-name-past-header",
         QED,

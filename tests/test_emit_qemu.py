@@ -65,3 +65,53 @@ def test_layout_and_escapes():
 )
 def test_size_to_str(n, text):
     assert qemu.size_to_str(n) == text
+
+
+def test_plain_strings_and_escaped_ones():
+    assert qemu.dumps(" !#~[]az09") == '" !#~[]az09"'
+    assert qemu.dumps('a"b\\c') == '"a\\"b\\\\c"'
+    assert qemu.dumps("tab\there") == '"tab\\there"'
+
+
+def _info(tmp_path, data: bytes) -> dict:
+    from imgchain.chain import resolve_chain
+
+    path = tmp_path / "a.qcow2"
+    path.write_bytes(data)
+    (tmp_path / "a.data").write_bytes(b"")
+    return qemu.image_info(resolve_chain(str(path)).top)
+
+
+def _snapshot_table_at(data: bytes, offset: int) -> bytes:
+    import struct
+
+    entry = struct.pack(">QIHHIIQII", 0, 0, 1, 2, 7, 8, 0, 0, 0) + b"1s1"
+    return data[:offset] + entry + bytes(len(data) - offset - len(entry))
+
+
+def test_no_snapshots_are_listed_with_an_external_data_file(tmp_path):
+    import craft
+
+    from imgchain.formats import qcow2
+
+    ext = [craft.ext(qcow2.EXT_DATA_FILE, b"a.data")]
+    plain = _snapshot_table_at(craft.qcow2(nb_snapshots=1, snapshots_offset=2048, file_size=4096), 2048)
+    assert [s["name"] for s in _info(tmp_path, plain)["snapshots"]] == ["s1"]
+    with_data = craft.qcow2(
+        extensions=ext, nb_snapshots=1, snapshots_offset=2048, file_size=4096, incompatible_features=4
+    )
+    info = _info(tmp_path, _snapshot_table_at(with_data, 2048))
+    assert "snapshots" not in info
+    assert info["format-specific"]["data"]["data-file"] == "a.data"
+
+
+def test_version_2_shows_no_data_file(tmp_path):
+    import craft
+
+    from imgchain.formats import qcow2
+
+    ext = [craft.ext(qcow2.EXT_DATA_FILE, b"a.data")]
+    v2 = _info(tmp_path, craft.qcow2(version=2, extensions=ext))["format-specific"]["data"]
+    assert v2 == {"compat": "0.10", "refcount-bits": 16, "compression-type": "zlib"}
+    v3 = _info(tmp_path, craft.qcow2(extensions=ext))["format-specific"]["data"]
+    assert v3["data-file"] == "a.data" and "data-file-raw" not in v3

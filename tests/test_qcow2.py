@@ -8,7 +8,7 @@ import craft
 import pytest
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
-from imgchain.formats import qcow2
+from imgchain.formats import NeedBytes, qcow2
 
 FT = qcow2.EXT_FEATURE_TABLE
 
@@ -289,3 +289,148 @@ def test_sniff():
     assert not qcow2.sniff(b"QFI\xfb\0\0\0\1")  # qemu's "qcow" version 1
     assert not qcow2.sniff(b"QFI\xfb\0\0\0\0")  # version 0 probes as raw
     assert qcow2.sniff(b"QFI\xfb\0\0\0\x09")  # probes as qcow2, then refused
+
+
+# -- qemu's limits, and costs that stay linear and bounded ------------------------
+
+
+def _snapshot_entry(i: int, name: bytes) -> bytes:
+    extra = struct.pack(">QQQ", i, 1 << 20, (1 << 64) - 1)
+    id_str = str(i + 1).encode()
+    entry = struct.pack(">QIHHIIQII", 0, 0, len(id_str), len(name), 1_700_000_000, i, 0, 0, len(extra))
+    entry += extra + id_str + name
+    return entry + b"\0" * (-len(entry) % 8)
+
+
+def _with_snapshots(names: list[bytes]) -> bytes:
+    table = b"".join(_snapshot_entry(i, n) for i, n in enumerate(names))
+    head = craft.qcow2(cluster_bits=16, nb_snapshots=len(names), snapshots_offset=1 << 16, file_size=1 << 16)
+    return head + table
+
+
+def _fill(decode, data: bytes) -> tuple[object, int]:
+    """Decode as imgchain.probe does (a first read of 4096 bytes, then what
+    the decoder asks for, at least 64 KiB at a time); return the result and
+    how many passes the decoder made."""
+    win = qcow2.Window(data[:4096], len(data))
+    passes = 0
+    while True:
+        passes += 1
+        try:
+            return decode(win), passes
+        except NeedBytes as need:
+            length = max(need.length, 1 << 16)
+            win.add(need.offset, data[need.offset : need.offset + length])
+
+
+def test_a_large_snapshot_table_takes_few_passes():
+    # Each pass decodes the table from its start: passes must not grow with it.
+    data = _with_snapshots([b"snap%d" % i for i in range(qcow2.MAX_SNAPSHOTS)])
+    image = qcow2.decode(data)
+    snaps, passes = _fill(lambda w: qcow2.decode_snapshot_table(w, image), data)
+    assert len(snaps) == qcow2.MAX_SNAPSHOTS
+    assert (snaps[-1].id, snaps[-1].name, snaps[-1].vm_state_size) == ("65536", "snap65535", 65535)
+    assert passes <= 3
+
+
+def test_growing_snapshot_entries_take_logarithmic_passes():
+    # Entries that grow defeat any guess from the first ones: the window is
+    # still asked for twice what was decoded so far.
+    data = _with_snapshots([b"n" * (i // 4) for i in range(4000)])
+    image = qcow2.decode(data)
+    snaps, passes = _fill(lambda w: qcow2.decode_snapshot_table(w, image), data)
+    assert len(snaps) == 4000
+    assert passes <= 12
+
+
+class _EndlessTable(qcow2.Window):
+    """A window on a snapshot table of huge entries (names of 65535 bytes)
+    that never ends, recording the furthest byte asked for."""
+
+    ENTRY = 40 + 2 * 0xFFFF
+
+    def __init__(self, head: bytes, table: int) -> None:
+        super().__init__(head, size=1 << 40)
+        self.table = table
+        self.furthest = 0
+
+    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
+        if offset < self.table:
+            return super().get(offset, length, fmt, field, field_offset, ahead=ahead)
+        self.furthest = max(self.furthest, offset + length)
+        stride = (self.ENTRY + 7) & ~7
+        if (offset - self.table) % stride == 0 and length == 40:
+            return struct.pack(">QIHHIIQII", 0, 0, 0xFFFF, 0xFFFF, 0, 0, 0, 0, 0)
+        return b"a" * length
+
+
+def test_snapshot_table_past_64_mib_is_refused_before_it_is_read():
+    head = craft.qcow2(cluster_bits=16, nb_snapshots=qcow2.MAX_SNAPSHOTS, snapshots_offset=1 << 16)
+    win = _EndlessTable(head, 1 << 16)
+    with pytest.raises(FormatError, match="snapshot table larger than 67108864 bytes"):
+        qcow2.decode_snapshot_table(win, qcow2.decode(head))
+    assert win.furthest <= (1 << 16) + qcow2.MAX_SNAPSHOTS_SIZE
+
+
+def test_snapshot_table_span_follows_qemus_limit():
+    def span(n: int) -> int:
+        return qcow2.snapshot_table_span(qcow2.decode(craft.qcow2(nb_snapshots=n, snapshots_offset=1024)))
+
+    assert span(0) == 0
+    assert span(1) == 40 + 1024 + 2 * 65535 + 7
+    assert span(qcow2.MAX_SNAPSHOTS) == 64 << 20
+
+
+def _extension_bomb(body: bytes = b"", tail: list[bytes] | None = None) -> bytes:
+    cluster = 1 << 21
+    one = craft.ext(0x7E570000, body)
+    tail_bytes = b"".join(tail or [])
+    count = (cluster - 104 - len(tail_bytes) - 8) // len(one)
+    data = bytearray(craft.qcow2(cluster_bits=21))
+    area = one * count + tail_bytes
+    data[104 : 104 + len(area)] = area
+    return bytes(data)
+
+
+def test_a_cluster_of_unknown_extensions_is_walked_in_bounded_memory():
+    import tracemalloc
+
+    data = _extension_bomb()
+    tracemalloc.start()
+    image = qcow2.decode(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert image.unknown_extension_count == (len(data) // 3 - 104 - 8) // 8
+    assert len(image.unknown_extensions) == qcow2.MAX_KEPT_UNKNOWN_EXTENSIONS
+    assert image.unknown_extensions[1] == qcow2.HeaderExtension(0x7E570000, 112, 0)
+    assert peak < 4 << 20  # was 39 MiB: one object per extension
+
+
+def test_known_extensions_after_many_unknown_ones_are_read():
+    tail = [craft.ext(qcow2.EXT_DATA_FILE, b"far.data"), craft.ext(qcow2.EXT_BACKING_FORMAT, b"raw")]
+    data = _extension_bomb(b"12345678", tail)
+    image = qcow2.decode(data)
+    assert image.data_file == "far.data"
+    assert image.unknown_extension_count == (len(data) // 3 - 104 - 8 - 16 - 16) // 16
+
+
+def test_an_extension_area_cut_short_by_the_file_is_refused():
+    data = _extension_bomb()[: 1 << 20]
+    with pytest.raises(TruncatedError, match="header extension"):
+        qcow2.decode(data)
+
+
+def test_a_bitmap_directory_over_16_mib_is_decoded():
+    # qemu allows a directory of up to QCOW2_MAX_BITMAP_DIRECTORY_SIZE (64 MiB less 64 KiB).
+    entries = bytearray()
+    count = 16_300
+    for i in range(count):
+        name = (b"%06d" % i).ljust(1023, b"b")
+        entry = struct.pack(">QIIBBHI", 3 * 4096, 1, 1, 1, 16, len(name), 0) + name
+        entries += entry + b"\0" * (-len(entry) % 8)
+    ext = craft.ext(qcow2.EXT_BITMAPS, struct.pack(">IIQQ", count, 0, len(entries), 4 * 4096))
+    data = craft.qcow2(cluster_bits=12, extensions=[ext], autoclear_features=1, file_size=4 * 4096) + bytes(entries)
+    assert len(entries) > 16 << 20
+    bitmaps = qcow2.decode_bitmap_directory(data, qcow2.decode(data))
+    assert len(bitmaps) == count
+    assert bitmaps[-1].name.startswith("016299b") and bitmaps[-1].flag_names == ("in-use",)

@@ -80,3 +80,29 @@ def test_header_size_zero_is_accepted_as_qemu_does():
 def test_bad_magic():
     with pytest.raises(FormatError, match="bad magic"):
         qed.decode(b"QEE\0" + craft.qed()[4:])
+
+
+@pytest.mark.parametrize(("cluster", "table"), [(4 << 20, 4), (2 << 20, 16), (64 << 20, 2), (64 << 20, 16)])
+def test_max_image_size_wraps_as_qemus_does(cluster, table):
+    # qed_max_image_size computes in uint64_t: 2**64 and more wrap to 0.
+    assert qed.max_image_size(cluster, table) == 0
+    fields = {"cluster_size": cluster, "table_size": table, "l1_table_offset": cluster}
+    data = craft.patch(craft.qed(image_size=0)[:4096], craft.QED_FIELDS, **fields)
+    win = qed.Window(data, size=(1 + table) * cluster)  # the file's size, without its zeros
+    assert qed.decode(win).virtual_size == 0
+    with pytest.raises(FormatError, match="image_size 512") as e:
+        qed.decode(qed.Window(craft.patch(data, craft.QED_FIELDS, image_size=512), size=(1 + table) * cluster))
+    assert e.value.field == "image_size"
+
+
+def test_max_image_size_without_wrapping():
+    assert qed.max_image_size(4096, 2) == (1024**2) * 4096
+    assert qed.max_image_size(4 << 20, 2) == 1 << 62
+
+
+def test_file_length_counts_in_whole_sectors_rounded_up():
+    data = craft.qed()  # 4 KiB clusters, the L1 table in the last two
+    assert qed.decode(data[:-100]).header.table_size == 2
+    assert qed.decode(data[:-511]).header.table_size == 2
+    with pytest.raises(FormatError, match="l1_table_offset"):
+        qed.decode(data[:-512])

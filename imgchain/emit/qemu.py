@@ -9,7 +9,9 @@ but printable ASCII, an empty array as ``[`` newline ``]``).
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -46,7 +48,9 @@ def image_info(layer: Layer) -> JSON:
         info["full-backing-filename"] = layer.full_backing_filename
         if d.backing_format is not None:
             info["backing-filename-format"] = d.backing_format
-    if image.snapshots:
+    # qemu lists no snapshots of a qcow2 with an external data file
+    # (qcow2_snapshot_list says ENOTSUP), though it reads and checks the table.
+    if image.snapshots and not (isinstance(d, qcow2.Qcow2Image) and d.has_data_file):
         info["snapshots"] = [_snapshot(s) for s in image.snapshots]
     if isinstance(d, qcow2.Qcow2Image):
         info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(d, image.bitmaps, image.luks)}
@@ -83,7 +87,7 @@ def _qcow2_specific(
         out["encrypt"] = {"format": "luks", **_luks(luks_header)}
     if bitmaps:
         out["bitmaps"] = [{"flags": list(b.flag_names), "name": b.name, "granularity": b.granularity} for b in bitmaps]
-    if d.data_file is not None:
+    if d.data_file is not None and d.version >= 3:  # qemu shows no data file for version 2
         out["data-file"] = d.data_file
     if d.has_data_file:
         out["data-file-raw"] = d.data_file_raw
@@ -111,8 +115,10 @@ def _luks(h: luks.LuksHeader) -> JSON:
 # -- qemu's JSON writer ------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def _qdict_bucket(key: str) -> int:
-    """The QDict hash bucket of ``key`` (qobject/qdict.c: tdb_hash % 512)."""
+    """The QDict hash bucket of ``key`` (qobject/qdict.c: tdb_hash % 512).
+    (Cached: the same few keys come back for every snapshot and layer.)"""
     raw = key.encode()
     value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
     for i, c in enumerate(raw):
@@ -127,7 +133,13 @@ def _qemu_order(d: JSON) -> list[str]:
     return sorted(keys, key=lambda k: (_qdict_bucket(k), -keys.index(k)))
 
 
+#: Printable ASCII but ``"`` and ``\``: written as it is.
+_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]*")
+
+
 def _string(s: str) -> str:
+    if _PLAIN_JSON.fullmatch(s):  # the usual case, without a loop in Python
+        return f'"{s}"'
     if not s.isascii():
         s = _qemu_text(s)
     out = ['"']
