@@ -1,14 +1,25 @@
-"""The format registry: decoders for qcow2, qed and raw.
+"""The format registry and qemu's probe.
 
-``REGISTRY`` is the probe order; raw comes last and accepts anything.  A
-format module provides ``NAME``, ``sniff(buf) -> bool`` (on the first 512
-bytes, as qemu probes) and ``decode(buf, file_size) -> DecodedImage``.
-Adding a format is one module and one line here.
+``REGISTRY`` holds the formats imgchain decodes (raw last).  A format module provides
+``NAME``, ``sniff(buf) -> bool`` and ``decode(data) -> DecodedImage`` (see
+``_base``), and ``probe(buf) -> int`` where qemu's driver scores a file by
+more than a magic number.  Adding a format is one module, one line in
+``_MODULES`` and one in ``_PROBES``.
+
+The probe is qemu's probe (``bdrv_probe_all``): every driver that has a
+probe function scores the first 512 bytes of the file (zero-filled past the
+end of a short one), and the highest score wins; raw scores 1, so a file no
+driver claims is raw.  Ties go to the driver qemu asks first.  Formats qemu
+knows but imgchain does not decode yet are probed by ``foreign`` and refused
+by name rather than called raw.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from imgchain.errors import UnsupportedFeatureError
 
@@ -31,38 +42,96 @@ __all__ = [
     "probe_name",
 ]
 
-#: Bytes read to probe a format, as the issue and qemu's probes need.
+#: Bytes qemu probes a format on (BLOCK_PROBE_BUF_SIZE).
 PROBE_SIZE = 512
 
-REGISTRY: tuple[ModuleType, ...] = (qcow2, qed, raw)
+#: Every format imgchain decodes: its name and its module (in ``formats/``).
+#: The usual ones are imported with the package, the others when first needed.
+_MODULES = {"qcow2": "qcow2", "qed": "qed", "qcow": "qcow1", "vmdk": "vmdk", "raw": "raw"}
 
-_BY_NAME = {m.NAME: m for m in REGISTRY}
+_BY_NAME: dict[str, ModuleType] = {m.NAME: m for m in (qcow2, qed, raw)}
+
+_ZEROS = bytes(PROBE_SIZE)
+
+
+def _module(name: str) -> ModuleType:
+    module = _BY_NAME.get(name)
+    if module is None:
+        module = _BY_NAME[name] = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    return module
+
+
+def _magic(module: ModuleType) -> Callable[[bytes], int]:
+    sniff = module.sniff
+    return lambda head: 100 if sniff(head) else 0
+
+
+def _lazy(name: str) -> Callable[[bytes], int]:
+    """The probe of format ``name``, its module imported at the first call."""
+
+    def first_call(head: bytes) -> int:
+        probe: Callable[[bytes], int] = _module(name).probe
+        for first, entries in _PROBES.items():  # from now on, the probe itself
+            _PROBES[first] = tuple((n, probe if n == name else p) for n, p in entries)
+        return probe(head)
+
+    return first_call
+
+
+#: The probes, first byte of the file -> (format, probe) for the formats that
+#: can only match with that first byte, in the order qemu asks them.  (A
+#: table by first byte keeps the probe one dict look-up for most files.)
+_PROBES: dict[int, tuple[tuple[str, Callable[[bytes], int]], ...]] = {}
+for _name, _probe, _firsts in (
+    ("qcow2", _magic(qcow2), b"Q"),
+    ("qcow", _lazy("qcow"), b"Q"),  # the qcow2 magic with version 1
+    ("qed", _magic(qed), b"Q"),
+    # KDMV, COWD, or a text descriptor: '#' comment lines and lines of spaces, then "version=".
+    ("vmdk", _lazy("vmdk"), b"KC# v"),
+):
+    for _first in _firsts:
+        _PROBES[_first] = (*_PROBES.get(_first, ()), (_name, _probe))
+
+
+def __getattr__(name: str) -> Any:
+    """``REGISTRY`` (every decoder module, raw last) and the lazily imported
+    format modules (``formats.vmdk``)."""
+    if name == "REGISTRY":
+        return tuple(_module(n) for n in _MODULES)
+    if name in ("qcow1", "vmdk"):
+        return _module("qcow" if name == "qcow1" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_BY_NAME)
+    return tuple(_MODULES)
 
 
 def by_name(name: str) -> ModuleType:
     """The decoder module for a format name; UnsupportedFeatureError for a
     name imgchain does not decode."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise UnsupportedFeatureError(
-            name, f"format {name!r} is not one imgchain decodes ({', '.join(_BY_NAME)})"
-        ) from None
+    if name not in _MODULES:
+        raise UnsupportedFeatureError(name, f"format {name!r} is not one imgchain decodes ({', '.join(_MODULES)})")
+    return _module(name)
 
 
 def probe_name(buf: bytes, filename: str | None = None) -> str:
     """The name of the format qemu would probe a file whose first bytes are
-    ``buf`` as: one of ours, or another format qemu knows (``vmdk`` ...).
+    ``buf`` as: one of ours, or another format qemu knows (``vpc`` ...).
     An empty file is raw."""
+    if not buf:
+        return str(raw.NAME)
     head = buf[:PROBE_SIZE]
-    for module in REGISTRY[:-1]:
-        if module.sniff(head):
-            return str(module.NAME)
-    return sniff_foreign(head, filename) or str(raw.NAME)
+    if len(head) < PROBE_SIZE:  # qemu's probe buffer is zero-filled past the end of the file
+        head += _ZEROS[len(head) :]
+    best, score = "", 0
+    for name, probe in _PROBES.get(head[0], ()):
+        s = probe(head)
+        if s > score:
+            best, score = name, s
+    if score >= 100:
+        return best
+    return sniff_foreign(head, filename) or best or str(raw.NAME)
 
 
 def probe(buf: bytes, filename: str | None = None) -> ModuleType:
@@ -76,9 +145,8 @@ def probe(buf: bytes, filename: str | None = None) -> ModuleType:
 
 def decoder_for(name: str) -> ModuleType:
     """The decoder of a probed format name (see :func:`probe_name`)."""
-    module = _BY_NAME.get(name)
-    if module is None:
+    if name not in _MODULES:
         raise UnsupportedFeatureError(
-            name, f"the file holds a {name} header; imgchain decodes only {', '.join(_BY_NAME)}"
+            name, f"the file holds a {name} header; imgchain decodes only {', '.join(_MODULES)}"
         )
-    return module
+    return _module(name)

@@ -14,10 +14,6 @@ __all__ = ["sniff_foreign"]
 
 #: (format, offset, signature), from each qemu driver's probe function.
 _SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
-    ("qcow", 0, b"QFI\xfb\x00\x00\x00\x01"),  # the qcow2 magic with version 1
-    ("vmdk", 0, b"KDMV"),
-    ("vmdk", 0, b"COWD"),
-    ("vmdk", 0, b"# Disk DescriptorFile"),
     ("vpc", 0, b"conectix"),
     ("vhdx", 0, b"vhdxfile"),
     ("vdi", 64, b"\x7f\x10\xda\xbe"),

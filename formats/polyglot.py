@@ -83,6 +83,8 @@ __all__ = [
     "Signature",
     "foreign_signatures",
     "header_end_of",
+    "signatures_in",
+    "span",
 ]
 
 
@@ -150,11 +152,27 @@ def foreign_signatures(win: Window, fmt: str, header_end: int) -> tuple[Signatur
     if fmt == "raw" or end < _MIN_END:
         return ()
     low = win.get(0, min(end, FIRST_READ), fmt, "polyglot signatures")
-    high = b""
-    if end > FIRST_DESCRIPTOR:  # the sectors from 16 on, and GPT at 4096, in one read
-        high = win.get(FIRST_READ, min(end, SCAN_END) - FIRST_READ, fmt, "polyglot signatures")
-    elif end >= FIRST_READ + len(GPT_MAGIC):  # only GPT at 4096
-        high = win.get(FIRST_READ, len(GPT_MAGIC), fmt, "polyglot signatures")
+    where = span(header_end, win.size)
+    high = b"" if where is None else win.get(where[0], where[1], fmt, "polyglot signatures")
+    return signatures_in(low, high, fmt)
+
+
+def span(header_end: int, size: int) -> tuple[int, int] | None:
+    """The one range beyond the first :data:`FIRST_READ` bytes that the scan
+    of a ``size``-byte file with header range ``header_end`` needs, as
+    (offset, length), or None: the sectors from 16 on (and GPT at 4096) in
+    one piece, or only the 8 bytes of a GPT header at 4096."""
+    end = min(header_end, size)
+    if end > FIRST_DESCRIPTOR:
+        return FIRST_READ, min(end, SCAN_END) - FIRST_READ
+    if end >= FIRST_READ + len(GPT_MAGIC):
+        return FIRST_READ, len(GPT_MAGIC)
+    return None
+
+
+def signatures_in(low: bytes, high: bytes, fmt: str) -> tuple[Signature, ...]:
+    """The scan itself, on the header range's first :data:`FIRST_READ` bytes
+    (``low``, at most) and the range :func:`span` names (``high``, or b"")."""
     found = []
     if low.startswith(VDI_MAGIC, VDI_OFFSET):
         found.append(Signature("vdi", VDI_OFFSET, "VDI signature 0xbeda107f (qemu probes it with score 100)"))

@@ -56,7 +56,7 @@ from imgchain.policy import (
     polyglot_finding,
     unrecorded_finding,
 )
-from imgchain.probe import FileInfo, outside_roots, read_image, same_file, stat_image
+from imgchain.probe import FileInfo, Roots, read_image, same_file, stat_image
 from imgchain.qemu_names import QemuName, Target, qemu_opens
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
@@ -275,9 +275,10 @@ class _Audit:
     ) -> None:
         self.fmt = fmt
         #: The roots as real paths, and as typed (made absolute, not resolved:
-        #: their own components may be looked at, see outside_roots).
+        #: their own components may be looked at, see probe.Roots).
         self.roots = roots
         self.typed_roots = typed_roots
+        self.root_check = Roots(roots, typed_roots)
         #: No --root was given: the roots are the named folders and the folders of the named files.
         self.default_roots = default_roots
         self.standalone = standalone
@@ -382,10 +383,12 @@ class _Audit:
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
 
-    def stat(self, path: str, owner: ImageEntry | None) -> FileInfo | None:
-        """``stat`` a would-be image, or record why it cannot be one."""
+    def stat(self, path: str, owner: ImageEntry | None, *, inside: bool = False) -> FileInfo | None:
+        """``stat`` a would-be image, or record why it cannot be one.
+        ``inside``: the path is known to lie inside the roots already."""
         try:
-            self.check_roots(path)
+            if not inside:
+                self.check_roots(path)
             return stat_image(path)
         except ChainError as exc:
             chain = (*owner.chain(), path) if owner is not None else (path,)
@@ -404,7 +407,7 @@ class _Audit:
         """OutsideRootError if ``path`` leads outside the roots; BackingLoopError
         if its symlinks loop."""
         if self.roots:
-            where = outside_roots(path, self.roots, self.typed_roots)
+            where = self.root_check.outside(path)
             if where is not None:
                 raise OutsideRootError(path, f"resolves to {where!r}, {self.outside_what}; not opened")
 
@@ -505,12 +508,14 @@ class _Audit:
                 mode = os.stat(path).st_mode
                 if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
                     return None  # a link to a folder, FIFO or device: not an image, as those are not
-            except OutsideRootError as exc:
+            except ChainError as exc:  # outside the roots, or a loop of symlinks
                 self.add(error_finding(exc, path, None, (path,)), path, path)
                 return None
             except OSError:
                 pass  # dangling: the stat below reports it
-        info = self.stat(path, None)
+        # A named file was checked against the roots (audit()), and so was the folder a file not
+        # behind a symlink was found in; a symlink was checked above.
+        info = self.stat(path, None, inside=True)
         if info is None:
             return None
         node = self.node(path, info, self.fmt, "given" if self.fmt else "probed", None)

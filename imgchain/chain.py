@@ -77,7 +77,7 @@ class Chain(NamedTuple):
 
 
 def resolve_chain(
-    path: str,
+    path: str | os.PathLike[str],
     fmt: str | None = None,
     *,
     max_depth: int = MAX_DEPTH,

@@ -46,6 +46,7 @@ __all__ = [
     "FileInfo",
     "FormatSource",
     "Image",
+    "Roots",
     "outside_roots",
     "read_image",
     "same_file",
@@ -159,7 +160,18 @@ def _within(path: str, root: str) -> bool:
 
 
 def outside_roots(path: str, roots: tuple[str, ...], named: tuple[str, ...] = ()) -> str | None:
-    """Where ``path`` leads if that is outside every root, else None.
+    """Where ``path`` leads if that is outside every root, else None (see
+    :class:`Roots`, which does the same with a cache of folders)."""
+    return Roots(roots, named).outside(path)
+
+
+#: What resolving a folder gave: where it leads outside the roots (a str),
+#: or (the resolved path, whether it exists, symlinks followed so far).
+_Resolved = str | tuple[str, bool, int]
+
+
+class Roots:
+    """The folders an audit may look into, and the check of a path against them.
 
     ``roots`` are absolute real paths (``/`` holds everything).  Symlinks and
     ``..`` are resolved one component at a time (``lstat``, ``readlink``),
@@ -171,52 +183,74 @@ def outside_roots(path: str, roots: tuple[str, ...], named: tuple[str, ...] = ()
     exactly as its root is.  A name that does not exist resolves lexically
     from there on.  More than :data:`MAX_SYMLINKS` symlinks in one name is
     a loop: :class:`BackingLoopError`.
+
+    A store has many images per folder: each folder is resolved once, and
+    only the last component of each path is looked at after that.
     """
 
-    def may_look(candidate: str) -> bool:
-        return any(_within(candidate, root) or _within(root, candidate) for root in roots) or any(
-            _within(typed, candidate) for typed in named
+    __slots__ = ("_folders", "named", "roots")
+
+    def __init__(self, roots: tuple[str, ...], named: tuple[str, ...] = ()) -> None:
+        self.roots = roots
+        self.named = named
+        self._folders: dict[str, _Resolved] = {}
+
+    def _may_look(self, candidate: str) -> bool:
+        return any(_within(candidate, root) or _within(root, candidate) for root in self.roots) or any(
+            _within(typed, candidate) for typed in self.named
         )
 
-    if not path.startswith("/"):
-        try:
-            path = os.getcwd() + "/" + path
-        except OSError:  # the working folder is gone: a relative name leads nowhere known
-            return path
-    parts = path.split("/")[::-1]  # a stack: the next component last
-    resolved = ""
-    links = 0
-    exists = True
-    while parts:
-        part = parts.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            resolved = resolved.rsplit("/", 1)[0]
-            continue
-        candidate = f"{resolved}/{part}"
-        if not may_look(candidate):
-            return "/".join([candidate, *reversed(parts)])
-        if exists:
+    def _walk(self, path: str, parts: list[str], resolved: str, exists: bool, links: int) -> _Resolved:
+        """Resolve the components ``parts`` (a stack: the next one last) from ``resolved``."""
+        while parts:
+            part = parts.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                resolved = resolved.rsplit("/", 1)[0]
+                continue
+            candidate = f"{resolved}/{part}"
+            if not self._may_look(candidate):
+                return "/".join([candidate, *reversed(parts)])
+            if exists:
+                try:
+                    st = os.lstat(candidate)
+                except OSError:
+                    exists = False  # the rest is lexical
+                else:
+                    if stat.S_ISLNK(st.st_mode):
+                        links += 1
+                        if links > MAX_SYMLINKS:
+                            raise BackingLoopError(
+                                path, f"more than {MAX_SYMLINKS} symbolic links at {candidate!r}: the name loops"
+                            )
+                        target = os.readlink(candidate)
+                        if target.startswith("/"):
+                            resolved = ""
+                        parts.extend(target.split("/")[::-1])
+                        continue
+            resolved = candidate
+        return resolved, exists, links
+
+    def outside(self, path: str) -> str | None:
+        """Where ``path`` leads if that is outside every root, else None."""
+        if not path.startswith("/"):
             try:
-                st = os.lstat(candidate)
-            except OSError:
-                exists = False  # the rest is lexical
-            else:
-                if stat.S_ISLNK(st.st_mode):
-                    links += 1
-                    if links > MAX_SYMLINKS:
-                        raise BackingLoopError(
-                            path, f"more than {MAX_SYMLINKS} symbolic links at {candidate!r}: the name loops"
-                        )
-                    target = os.readlink(candidate)
-                    if target.startswith("/"):
-                        resolved = ""
-                    parts.extend(target.split("/")[::-1])
-                    continue
-        resolved = candidate
-    final = resolved or "/"
-    return None if any(_within(final, root) for root in roots) else final
+                path = os.getcwd() + "/" + path
+            except OSError:  # the working folder is gone: a relative name leads nowhere known
+                return path
+        folder, _, leaf = path.rpartition("/")
+        state = self._folders.get(folder)
+        if state is None:
+            state = self._walk(path, folder.split("/")[::-1], "", True, 0)
+            self._folders[folder] = state
+        if isinstance(state, str):
+            return f"{state}/{leaf}"
+        state = self._walk(path, [leaf], *state)
+        if isinstance(state, str):
+            return state
+        final = state[0] or "/"
+        return None if any(_within(final, root) for root in self.roots) else final
 
 
 def same_file(a: str, b: str) -> bool:
@@ -358,10 +392,14 @@ def read_image(
         signatures: tuple[polyglot.Signature, ...] = ()
         header_end = polyglot.header_end_of(decoded)
         if header_end:
-            # (exactly what it asks for: it never reads past the header area)
-            signatures = reader.fill(
-                lambda w: polyglot.foreign_signatures(w, module.NAME, header_end), win, module.NAME, 0
-            )
+            # One read at most, exactly the range the scan names (never past the header area).
+            where = polyglot.span(header_end, size)
+            high = b""
+            if where is not None:
+                high = reader.pread(where[1], where[0])
+                if len(high) < where[1]:  # the file shrank under us
+                    raise TruncatedError(module.NAME, f"short read at {where[0]}", offset=where[0])
+            signatures = polyglot.signatures_in(first[: min(header_end, size)], high, module.NAME)
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None

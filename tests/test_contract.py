@@ -86,16 +86,34 @@ def test_empty_file_probes_as_raw():
 @pytest.mark.parametrize(
     ("head", "name"),
     [
-        (b"KDMV", "vmdk"),
         (b"conectix", "vpc"),
         (b"vhdxfile", "vhdx"),
-        (b"QFI\xfb\0\0\0\1", "qcow"),
         (b"LUKS\xba\xbe\0\1", "luks"),
     ],
 )
 def test_formats_qemu_knows_are_refused_not_called_raw(head, name):
     with pytest.raises(FormatError, match=name):
         formats.probe(head + b"\0" * 100)
+
+
+@pytest.mark.parametrize(
+    ("head", "name"),
+    [
+        (b"KDMV", "vmdk"),
+        (b"COWD", "vmdk"),
+        (b"version=1\n", "vmdk"),
+        (b"# Disk DescriptorFile\r\n#c\r\n   \r\nversion=3\r\n", "vmdk"),
+        (b"# a comment, then no version line\ncreateType=x\n", "raw"),
+        (b"# blank line first\n\nversion=1\n", "raw"),  # (qemu: an empty line ends the probe)
+        (b"QFI\xfb\0\0\0\1", "qcow"),
+        (b"QFI\xfb\0\0\0\0", "raw"),
+        (b"QFI\xfb\0\0\0\3", "qcow2"),
+        (b"QED\0", "qed"),
+    ],
+)
+def test_the_probe_scores_as_qemu_does(head, name):
+    assert formats.probe_name(head) == name
+    assert formats.probe_name(head + b"\0" * 1000) == name
 
 
 def test_dmg_goes_by_name_as_in_qemu():
