@@ -128,9 +128,9 @@ def probe_name(buf: bytes, filename: str | None = None) -> str:
     for name, probe in _PROBES.get(head[0], ()):
         s = probe(head)
         if s > score:
+            if s >= 100:  # no probe scores more: the first to reach it wins
+                return name
             best, score = name, s
-    if score >= 100:
-        return best
     return sniff_foreign(head, filename) or best or str(raw.NAME)
 
 

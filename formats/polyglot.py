@@ -173,6 +173,19 @@ def span(header_end: int, size: int) -> tuple[int, int] | None:
 def signatures_in(low: bytes, high: bytes, fmt: str) -> tuple[Signature, ...]:
     """The scan itself, on the header range's first :data:`FIRST_READ` bytes
     (``low``, at most) and the range :func:`span` names (``high``, or b"")."""
+    # The usual case, in a few C calls: no signature where it would be.
+    if not (
+        low.startswith(VDI_MAGIC, VDI_OFFSET)
+        or low.startswith(MBR_MAGIC, MBR_OFFSET)
+        or low.startswith(GPT_MAGIC, 512)
+        or low.startswith(GPT_MAGIC, 1024)
+        or low.startswith(GPT_MAGIC, 2048)
+        or high.startswith(GPT_MAGIC)
+    ):
+        if len(high) <= FIRST_DESCRIPTOR - FIRST_READ:
+            return ()
+        descriptors = _descriptors(high)  # (itself quick where there are none)
+        return tuple(s for s in descriptors if s.format != fmt) if descriptors else ()
     found = []
     if low.startswith(VDI_MAGIC, VDI_OFFSET):
         found.append(Signature("vdi", VDI_OFFSET, "VDI signature 0xbeda107f (qemu probes it with score 100)"))

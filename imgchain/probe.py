@@ -36,7 +36,7 @@ from imgchain.errors import (
 from imgchain.formats import NeedBytes, Window, polyglot, qcow2
 
 if TYPE_CHECKING:
-    from imgchain.formats import luks
+    from imgchain.formats import luks, vmdk
 
 __all__ = [
     "INITIAL_READ",
@@ -124,6 +124,14 @@ class Image(NamedTuple):
     #: Other formats' signatures inside the bytes this image's format keeps
     #: for its header (a polyglot: see ``imgchain.formats.polyglot``).
     polyglot: tuple[polyglot.Signature, ...] = ()
+    #: The files of a vmdk's extents other than the image itself, in the
+    #: descriptor's order (read with ``tables``, as qemu-img info reads them).
+    extent_files: tuple[FileInfo, ...] = ()
+
+    @property
+    def allocated(self) -> int:
+        """Bytes allocated on disk, extents included (qemu-img's actual-size)."""
+        return self.file.allocated + sum(f.allocated for f in self.extent_files)
 
 
 _KIND_NAMES = (
@@ -424,6 +432,9 @@ def read_image(
         raise _os_error(path, exc) from None
     finally:
         os.close(fd)
+    extent_files: tuple[FileInfo, ...] = ()
+    if tables and module.NAME == "vmdk" and any(e.filename is not None for e in decoded.extents):
+        decoded, extent_files = _read_extents(path, decoded)
     if info.kind == "block":
         info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
     # (positional: the fields in order, as this is run for every image)
@@ -440,4 +451,54 @@ def read_image(
         luks_header,
         reader.total,
         signatures,
+        extent_files,
     )
+
+
+def _read_extents(path: str, image: vmdk.VmdkImage) -> tuple[vmdk.VmdkImage, tuple[FileInfo, ...]]:
+    """A vmdk's extents in other files, as qemu opens them: each name joined
+    to the descriptor's folder, stat-ed (never a FIFO, socket or device),
+    and a sparse one's header read (bounded, as any image); the image
+    completed from those headers.  An extent that cannot be opened makes the
+    image fail to open, as in qemu."""
+    from imgchain.formats import vmdk
+    from imgchain.names import combine, protocol_of
+
+    headers: list[vmdk.SparseExtent | None] = []
+    files = []
+    for extent in image.extents:
+        if extent.filename is None:
+            headers.append(None)
+            continue
+        name = combine(path, extent.filename)
+        if protocol_of(name) is not None:
+            raise ImageAccessError(path, f"extent {extent.filename!r} is not a local file; it cannot be read offline")
+        try:
+            info = stat_image(name)
+            files.append(info)
+            if extent.flat:
+                headers.append(None)
+                continue
+            fd = os.open(name, _OPEN_FLAGS)
+        except ChainError as exc:
+            exc.referrer = exc.referrer or path
+            raise
+        except OSError as exc:
+            raise _os_error(name, exc) from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != info.identity:
+                raise ImageAccessError(name, "the file changed while it was being opened")
+            size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
+            first = _pread(fd, min(INITIAL_READ, size), 0)
+            reader = _Reader(fd, name, len(first))
+            kind = extent.type or "SPARSE"
+            headers.append(reader.fill(lambda w, k=kind: vmdk.decode_extent_header(w, k), Window(first, size), "vmdk"))
+        except FormatError as exc:
+            exc.path = name
+            raise
+        except OSError as exc:
+            raise _os_error(name, exc) from None
+        finally:
+            os.close(fd)
+    return image.with_extent_headers(headers), tuple(files)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgchain.chain import Layer
 from imgchain.errors import name_text
+from imgchain.names import combine
 from imgchain.formats import qcow2
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ def image_info(layer: Layer) -> JSON:
     info: JSON = {"filename": layer.filename, "format": image.format}
     # qemu reports QED's need-check bit as dirty-flag false; it reads the
     # qcow2 dirty bit (a version 3 field) as it is.
-    info["dirty-flag"] = d.dirty if isinstance(d, qcow2.Qcow2Image) else False
-    info["actual-size"] = image.file.allocated
+    supported = getattr(d, "info_supported", True)  # (vmdk: only when all extents are alike)
+    if supported:
+        info["dirty-flag"] = d.dirty if isinstance(d, qcow2.Qcow2Image) else False
+    info["actual-size"] = image.allocated
     info["virtual-size"] = d.virtual_size
     if d.cluster_size:
         info["cluster-size"] = d.cluster_size
@@ -54,7 +57,27 @@ def image_info(layer: Layer) -> JSON:
         info["snapshots"] = [_snapshot(s) for s in image.snapshots]
     if isinstance(d, qcow2.Qcow2Image):
         info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(d, image.bitmaps, image.luks)}
+    elif image.format == "vmdk":
+        info["format-specific"] = {"type": "vmdk", "data": _vmdk_specific(layer.filename, d)}
     return info
+
+
+def _vmdk_specific(filename: str, d: Any) -> JSON:
+    """``ImageInfoSpecificVmdk``: each extent as an ImageInfo (its file name
+    joined to the descriptor's folder, as qemu opens it)."""
+    extents = []
+    for e in d.extents:
+        extent: JSON = {
+            "filename": filename if e.filename is None else combine(filename, e.filename),
+            "format": e.type or "",
+            "virtual-size": e.virtual_size,
+        }
+        if not e.flat:
+            extent["cluster-size"] = e.cluster_size
+        if e.compressed:
+            extent["compressed"] = True
+        extents.append(extent)
+    return {"create-type": d.create_type, "cid": d.cid, "parent-cid": d.parent_cid, "extents": extents}
 
 
 def _snapshot(s: qcow2.Snapshot) -> JSON:
