@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from imgchain.chain import Layer
 from imgchain.errors import name_text
-from imgchain.names import combine
 from imgchain.formats import qcow2
+from imgchain.names import combine
 
 if TYPE_CHECKING:
     from imgchain.formats import luks
