@@ -76,9 +76,22 @@ class NetworkSource:
     snapshot: str | None = None
     config: str | None = None
     query: str | None = None
+    #: Options libvirt keeps from a json: name: https/ftps ``sslverify``
+    #: (``<ssl verify=>``), ``readahead`` and ``timeout`` (http, https, ftp,
+    #: ftps, tftp), nfs ``user``/``group`` (``<identity>``, as libvirt
+    #: writes them: ``+UID``).
+    ssl_verify: bool | None = None
+    readahead: int | None = None
+    timeout: int | None = None
+    nfs_user: str | None = None
+    nfs_group: str | None = None
     #: Whether the name held credentials (never kept).  Not compared: the
     #: same source read back from XML, where none are written, is equal.
     has_credentials: bool = dataclasses.field(default=False, compare=False)
+    #: Whether libvirt's parser returns 1 for it ("inline authentication":
+    #: a URL with user info, a json: iscsi with user or password): libvirt
+    #: then adds no backing layer for it at all.  Not compared, as above.
+    inline_auth: bool = dataclasses.field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,8 @@ BackingName: TypeAlias = LocalPath | NetworkSource | DirSource
 class Parsed:
     source: BackingName
     format: str | None = None  # the format driver a json: name wraps its file in, else None
+    #: A json: raw driver's ``offset`` and ``size`` (libvirt's storage slice), else None.
+    slice: tuple[int | None, int | None] | None = None
 
 
 def _refused(name: str, reason: str) -> BackingNameError:
@@ -236,6 +251,12 @@ class _Draft:
     config: str | None = None
     query: str | None = None
     credentials: bool = False
+    inline_auth: bool = False
+    ssl_verify: bool | None = None
+    readahead: int | None = None
+    timeout: int | None = None
+    nfs_user: str | None = None
+    nfs_group: str | None = None
 
 
 def _finish(name: str, draft: _Draft) -> NetworkSource:
@@ -262,7 +283,13 @@ def _finish(name: str, draft: _Draft) -> NetworkSource:
         snapshot=draft.snapshot,
         config=draft.config,
         query=draft.query,
-        has_credentials=draft.credentials,
+        ssl_verify=draft.ssl_verify,
+        readahead=draft.readahead,
+        timeout=draft.timeout,
+        nfs_user=draft.nfs_user,
+        nfs_group=draft.nfs_group,
+        has_credentials=draft.credentials or draft.inline_auth,
+        inline_auth=draft.inline_auth,
     )
 
 
@@ -433,6 +460,7 @@ def _parse_uri_source(name: str, text: str) -> _Draft:
     host.port = uri.port
     host.name = uri.server
     draft.credentials = uri.user is not None  # libvirt refuses to model inline authentication
+    draft.inline_auth = uri.user is not None  # (and its parser returns 1: no backing layer)
     return draft
 
 
@@ -720,12 +748,13 @@ def _get_str(name: str, obj: object, key: str) -> str | None:
     return value
 
 
-def _get_uint(name: str, obj: dict[str, object], key: str, limit: int) -> None:
+def _get_uint(name: str, obj: dict[str, object], key: str, limit: int) -> int:
     """virJSONValueObjectGetNumberUlong/Int where libvirt requires one: an
     integer (not a bool, not a fraction) within ``limit``."""
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
         raise _refused(name, f"json: malformed {key!r}")
+    return value
 
 
 def _has_credentials(obj: dict[str, object], driver: str) -> bool:
@@ -748,12 +777,11 @@ def _json_driver(name: str, obj: object, allow_format: bool) -> Parsed:
     if driver in _FORMAT_DRIVERS:
         if not allow_format:
             raise _refused(name, "json: must not have nested format drivers")
-        if driver == "raw":
-            # offset/size select a slice of the file; checked as libvirt
-            # checks them, then not kept (no field for them).
-            for key in ("offset", "size"):
-                if key in obj:
-                    _get_uint(name, obj, key, 2**64 - 1)
+        piece: tuple[int | None, int | None] | None = None
+        if driver == "raw" and ("offset" in obj or "size" in obj):
+            # offset/size select a slice of the file (libvirt's <slice type='storage'>).
+            offset, size = (_get_uint(name, obj, k, 2**64 - 1) if k in obj else None for k in ("offset", "size"))
+            piece = (offset, size)
         child = obj.get("file")
         if not isinstance(child, dict):
             raise _refused(name, f"json: format driver {driver!r} lacks a 'file' object")
@@ -761,7 +789,7 @@ def _json_driver(name: str, obj: object, allow_format: bool) -> Parsed:
         source = inner.source
         if isinstance(source, NetworkSource) and _has_credentials(obj, driver):
             source = dataclasses.replace(source, has_credentials=True)
-        return Parsed(source, format=driver)
+        return Parsed(source, format=driver, slice=piece)
 
     if driver == "vvfat":
         directory = _get_str(name, obj, "dir")
@@ -797,11 +825,12 @@ def _json_url(name: str, obj: dict[str, object], driver: str) -> _Draft:
             if "=" not in part:
                 raise _refused(name, "json: malformed http cookie (no '=')")
             cookies = True
-    for key in ("readahead", "timeout"):
-        if key in obj:
-            _get_uint(name, obj, key, 2**64 - 1)
+    options = {key: _get_uint(name, obj, key, 2**64 - 1) for key in ("readahead", "timeout") if key in obj}
     draft = _json_uri_str(name, url, driver)
     draft.credentials = draft.credentials or cookies
+    if driver in ("https", "ftps") and "sslverify" in obj:
+        draft.ssl_verify = obj["sslverify"] is True
+    draft.readahead, draft.timeout = options.get("readahead"), options.get("timeout")
     return draft
 
 
@@ -895,7 +924,10 @@ def _json_iscsi(name: str, obj: dict[str, object], driver: str) -> _Draft:
     if colon >= 0 and "]" not in portal[colon:]:
         host.port = _parse_port(name, portal[colon + 1 :])
         host.name = portal[:colon]
-    return _Draft(protocol="iscsi", path=f"{target}/{lun}", hosts=[host])
+    draft = _Draft(protocol="iscsi", path=f"{target}/{lun}", hosts=[host])
+    # libvirt: "Libvirt doesn't handle inline authentication" (its parser returns 1)
+    draft.inline_auth = _get_str(name, obj, "user") is not None or _get_str(name, obj, "password") is not None
+    return draft
 
 
 def _json_nbd(name: str, obj: dict[str, object], driver: str) -> _Draft:
@@ -982,14 +1014,18 @@ def _json_nfs(name: str, obj: dict[str, object], driver: str) -> _Draft:
     server = obj.get("server")
     if not isinstance(server, dict):
         raise _refused(name, "json: nfs needs a 'server'")
+    ids = []
     for key in ("user", "group"):
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
             raise _refused(name, "json: nfs needs integer 'user' and 'group'")
+        ids.append(f"+{value}")  # libvirt's g_strdup_printf("+%d")
     path = _get_str(name, obj, "path")
     if path is None:
         raise _refused(name, "json: nfs needs a 'path'")
-    return _Draft(protocol="nfs", path=path, hosts=[_inet_address(name, server)])
+    draft = _Draft(protocol="nfs", path=path, hosts=[_inet_address(name, server)])
+    draft.nfs_user, draft.nfs_group = ids
+    return draft
 
 
 _NETWORK_DRIVERS = {

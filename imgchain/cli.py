@@ -122,10 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     xml.add_argument("-f", "--format", choices=FORMATS, help="the top image's format (default: probe it)")
     xml.add_argument(
         "--layout",
-        choices=("nested", "flat", "backingstore"),
-        default="nested",
+        choices=("nested", "flat", "list", "backingstore"),
+        default=None,
         help="nested <backingFile> (the RFC's first layout, default), flat <backing> (its second), "
-        "or libvirt's <backingStore>",
+        "list (the proof of concept in the RFC's thread), or <backingStore>, the one libvirt reads",
+    )
+    xml.add_argument(
+        "--allow-probed",
+        action="store_true",
+        help="write a backing format that was probed, not recorded, where libvirt would refuse to probe it "
+        "(with a warning); without it, such a chain is refused",
     )
     xml.add_argument("--mirror", metavar="IMAGE", help="a mirror of the disk, with its own chain")
     xml.add_argument("--mirror-format", choices=FORMATS, help="the mirror's format (default: probe it)")
@@ -242,7 +248,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_xml(args: argparse.Namespace) -> int:
     from imgchain.chain import MAX_DEPTH, resolve_chain
     from imgchain.disk import Disk, describe_chain
-    from imgchain.emit.xml import to_xml
+    from imgchain.emit.xml import render, terminal_text
 
     depth = args.max_depth or MAX_DEPTH
     if args.verify is not None:
@@ -258,18 +264,29 @@ def _run_xml(args: argparse.Namespace) -> int:
     if args.mirror is not None:
         mirror = describe_chain(resolve_chain(args.mirror, args.mirror_format, max_depth=depth, tables=False))
     disk = Disk(chain=chain, mirror=mirror, target=args.target, bus=args.bus)
+    layout = args.layout or "nested"
     try:
-        text = to_xml(disk, args.layout)
+        rendering = render(disk, layout, allow_probed=args.allow_probed)
     except ImgChainError as exc:
         exc.path = exc.path or args.image
         raise
+    notes = list(rendering.notes)
+    if args.layout is None and sys.stderr is not None and sys.stderr.isatty():
+        notes.append(
+            "note: this is the 2012 RFC's nested layout, which libvirt ignores; libvirt reads --layout backingstore"
+        )
+    for note in notes:
+        print(_line(f"imgchain: {note}"), file=sys.stderr)
+    text = rendering.text
+    if sys.stdout is not None and sys.stdout.isatty():
+        text = terminal_text(text)  # the same XML, with every unprintable character as a reference
     _write(text)
     return EXIT_OK
 
 
 def _verify(path: str, max_depth: int) -> int:
     from imgchain.errors import XmlError
-    from imgchain.verify import verify_disk
+    from imgchain.verify import verify
     from imgchain.xmlread import read_disks
 
     text = _read_xml(path)
@@ -289,16 +306,26 @@ def _verify(path: str, max_depth: int) -> int:
         if disk is None:
             lines.append(f"{where}: disk {name}: no local source to check")
             continue
-        try:
-            found = verify_disk(disk, max_depth=max_depth)
-        except XmlError as exc:
-            exc.path = path
-            raise
+        if isinstance(disk, XmlError):
+            differences += 1
+            lines.append(f"{where}: disk {name}: cannot be checked: {disk}")
+            continue
+        verdict = verify(disk, max_depth=max_depth)
+        found = verdict.differences
         differences += len(found)
         for d in found:
             lines.append(f"{where}: disk {name}: {d.chain} layer {d.layer}: {d.kind}: {d.message}")
-        if not found:
-            lines.append(f"{where}: disk {name}: matches the disk ({len(disk.chain.layers)} layers declared)")
+        if found:
+            continue
+        if verdict.libvirt_finds is not None:
+            n = verdict.libvirt_finds
+            lines.append(
+                f"{where}: disk {name}: declares no backing chain; libvirt will find "
+                f"{n} layer{'s' if n != 1 else ''} when the domain starts"
+            )
+        else:
+            n = len(disk.chain.layers)
+            lines.append(f"{where}: disk {name}: matches the disk ({n} layer{'s' if n != 1 else ''} declared)")
     _write("".join(_line(line) + "\n" for line in lines))
     return EXIT_FAIL if differences else EXIT_OK
 

@@ -255,13 +255,13 @@ LIBVIRT_VECTORS = [
     (
         'json:{"file":{"driver":"nfs","user":2,"group":9,"path":"/foo/bar/baz",'
         '"server": {  "host":"example.com","type":"inet"}}}',
-        net("nfs", "/foo/bar/baz", tcp("example.com")),
+        net("nfs", "/foo/bar/baz", tcp("example.com"), nfs_user="+2", nfs_group="+9"),
     ),
-    # --- "Backing store parse 67": raw with offset/size (the slice is accepted, not kept)
+    # --- "Backing store parse 67": raw with offset/size (libvirt's storage slice)
     (
         'json:{ "driver": "raw","offset": 10752,"size": 4063232,'
         '"file": { "driver": "file","filename": "/tmp/testfle"}}',
-        local("/tmp/testfle", fmt="raw"),
+        Parsed(LocalPath("/tmp/testfle"), format="raw", slice=(10752, 4063232)),
     ),
     # --- "Backing store parse 68..69": json: https with cookie, sslverify, timeout
     #     (URL path unescaped, query kept raw; the cookie only flags credentials)
@@ -273,6 +273,8 @@ LIBVIRT_VECTORS = [
             COOKIE_NAME,
             tcp("host", 443),
             query="dcPath=data&dsName=esx6.5-matrix",
+            ssl_verify=False,
+            timeout=2000,
             has_credentials=True,
         ),
     ),
@@ -284,6 +286,8 @@ LIBVIRT_VECTORS = [
             COOKIE_NAME,
             tcp("host", 443),
             query="dcPath=data&dsName=esx6.5-matrix",
+            ssl_verify=False,
+            timeout=2000,
             has_credentials=True,
         ),
     ),

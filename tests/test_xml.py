@@ -20,7 +20,7 @@ from imgchain.backing_name import Host, NetworkSource
 from imgchain.chain import resolve_chain
 from imgchain.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
 from imgchain.disk import Disk, DiskChain, DiskLayer, describe_chain
-from imgchain.emit.xml import LAYOUTS, disk_element, to_xml
+from imgchain.emit.xml import LAYOUTS, disk_element, render, terminal_text, to_xml
 from imgchain.errors import XmlEmitError, XmlError
 from imgchain.formats import qcow2
 from imgchain.xmlread import detect_layout, parse_disk, read_disks
@@ -137,26 +137,41 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("path", ["/a\x1b]0;pwned\x07", "/tab\there", "/new\nline", "/bad\udcffbyte", "/\u200ezw"])
-def test_names_xml_or_a_terminal_cannot_carry_are_refused(layout, path):
+@pytest.mark.parametrize("path", ["/a\x1b]0;pwned\x07", "/tab\there", "/new\nline", "/cr\rhere", "/bad\udcffbyte"])
+def test_names_libvirt_cannot_carry_are_refused(layout, path):
+    # libvirt writes a tab, newline or CR raw into an attribute, and its next
+    # parse makes a space of it: the name would not survive.
     disk = Disk(DiskChain((layer("file", "qcow2"), layer("file", "raw", path))))
     with pytest.raises(XmlEmitError, match="cannot carry"):
         to_xml(disk, layout)
 
 
-def test_backingstore_refuses_protocols_libvirt_has_no_source_for():
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("path", ["/nb\u00a0sp", "/zero\u200bwidth", "/\u200ezw", "/del\x7fnel\x85"])
+def test_names_libvirt_carries_are_written_and_escaped_only_for_a_terminal(layout, path):
+    disk = Disk(DiskChain((layer("file", "qcow2"), layer("file", "raw", path))))
+    text = to_xml(disk, layout)
+    assert path in text
+    assert parse_disk(ET.fromstring(text)) == disk
+    shown = terminal_text(text)
+    assert path not in shown and "&#x" in shown
+    assert parse_disk(ET.fromstring(shown)) == disk  # the same XML
+
+
+def test_ssh_is_written_with_a_note_that_the_schema_lacks_it():
     ssh = NetworkSource("ssh", "p", (Host("h", 22, "tcp"),))
     disk = Disk(DiskChain((layer("file", "qcow2"), layer("network", "raw", net=ssh)), ends=False))
-    with pytest.raises(XmlEmitError, match="no ssh disk source"):
-        to_xml(disk, "backingstore")
+    rendering = render(disk, "backingstore")
+    assert parse_disk(ET.fromstring(rendering.text)) == disk
+    assert any("protocol 'ssh'" in n and "virt-xml-validate will refuse" in n for n in rendering.notes)
     assert parse_disk(ET.fromstring(to_xml(disk, "flat"))) == disk
 
 
 def test_backingstore_refuses_an_unknown_format_the_rfc_layouts_leave_it_out():
     unknown = Disk(DiskChain((layer("file", "qcow2"), layer("network", None, net=HTTP)), ends=False))
-    with pytest.raises(XmlEmitError, match="cannot be probed offline"):
+    with pytest.raises(XmlEmitError, match=r"was not specified in the image metadata.*libvirt cannot probe"):
         to_xml(unknown, "backingstore")
-    for layout in ("nested", "flat"):
+    for layout in ("nested", "flat", "list"):
         assert parse_disk(ET.fromstring(to_xml(unknown, layout))) == unknown
 
 
@@ -220,8 +235,11 @@ def chains(draw: st.DrawFn, layout: str) -> DiskChain:
         layers.append(DiskLayer("network", network=draw(NETS), format=draw(FORMATS)))
     if layout == "backingstore":  # a backing layer there always has a format
         layers[1:] = [DiskLayer(x.type, x.path, x.network, x.format or "raw") for x in layers[1:]]
-    if layout == "flat" and end == "open":
-        end = "ends"  # the flat layout has no way to say "not looked at"
+    if layout in ("flat", "list") and end == "open":
+        end = "ends"  # the flat and list layouts have no way to say "not looked at"
+    if layout == "list" and len(layers) == 2 and layers[1].format is None:
+        # One <source> without format= is also the nested layout's open end.
+        layers[1] = DiskLayer(layers[1].type, layers[1].path, layers[1].network, "raw")
     return DiskChain(tuple(layers), ends=end == "ends")
 
 
@@ -314,12 +332,13 @@ def test_network_backing_from_a_real_header(images, capsys):
     assert [h.attrib for h in source.findall("host")] == [{"transport": "unix", "socket": "/run/nbd.sock"}]
 
 
-def test_json_local_backing_is_walked(images):
+def test_json_local_backing_is_walked_and_its_relative_name_kept_as_libvirt_keeps_it(images):
     name = b'json:{"driver":"raw","file":{"driver":"file","filename":"base.raw"}}'
     (images / "j.qcow2").write_bytes(craft.qcow2(backing=name))
     chain = resolve_chain("j.qcow2")
     assert [x.format for x in chain.layers] == ["qcow2", "raw"]
-    assert describe_chain(chain).layers[1].path == f"{images}/base.raw"
+    # libvirt's virStorageSourceParseBackingJSONPath keeps "filename" as it is.
+    assert describe_chain(chain).layers[1].path == "base.raw"
 
 
 def test_credentials_never_reach_the_xml(images, capsys):
@@ -431,9 +450,11 @@ def test_verify_bad_xml_is_one_line(images, capsys, text):
     assert re.fullmatch(r"imgchain: d\.xml: [^\n]+\n", err), err
 
 
-def test_read_disks_refuses_unknown_source():
-    with pytest.raises(XmlError, match="has none of"):
-        read_disks("<disk type='file'><source file='/x'/><backingStore type='file'><source/></backingStore></disk>")
+def test_read_disks_refuses_unknown_source_for_that_disk_alone():
+    [(_, error)] = read_disks(
+        "<disk type='file'><source file='/x'/><backingStore type='file'><source/></backingStore></disk>"
+    )
+    assert isinstance(error, XmlError) and "has none of" in str(error)
 
 
 def test_verify_never_opens_a_fifo(tmp_path, capsys):
