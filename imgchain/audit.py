@@ -47,8 +47,10 @@ from imgchain.errors import (
 from imgchain.formats import Reference
 from imgchain.names import combine, protocol_of
 from imgchain.policy import (
+    KIND_WORDS,
     Finding,
     Severity,
+    embedded_extent_finding,
     error_finding,
     finding,
     header_findings,
@@ -56,7 +58,7 @@ from imgchain.policy import (
     polyglot_finding,
     unrecorded_finding,
 )
-from imgchain.probe import FileInfo, Roots, read_image, same_file, stat_image
+from imgchain.probe import FileInfo, Roots, read_extent_header, read_image, same_file, stat_image
 from imgchain.qemu_names import QemuName, Target, qemu_opens
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
@@ -243,15 +245,6 @@ class ImageEntry:
         return tuple(reversed(names))
 
 
-#: How a message names each kind of reference.
-_KIND_WORDS = {
-    "backing": "backing file",
-    "data-file": "data file",
-    "extent": "extent file",
-    "parent-locator": "parent",
-}
-
-
 def _folder(path: str) -> str:
     """The folder part of a path, as qemu joins a relative name to it."""
     return path.rpartition("/")[0] or "."
@@ -291,6 +284,11 @@ class _Audit:
         self.nodes: dict[int, ImageEntry | list[ImageEntry]] = {}
         self.findings: dict[tuple[object, ...], Finding] = {}
         self.sizes: dict[int, int] = {}
+        #: Files an image names as its vmdk extents, by identity; and the
+        #: findings of named files that only open as such extents, kept
+        #: until the end: they stand only if no image names the file.
+        self.extent_idents: set[int] = set()
+        self.orphans: dict[int, Finding] = {}
         #: Entries read for a reference other than the chain's next layer
         #: (an image a json: name opens as well): expanded in their turn.
         self.pending: list[ImageEntry] = []
@@ -343,6 +341,11 @@ class _Audit:
             image = read_image(path, fmt, tables=False, info=info)
         except FormatError as exc:
             node.probed_format, node.format_source = exc.probed_format, None
+            if fmt is None and via is None and exc.probed_format == "vmdk" and self.extent_of_another(path, info):
+                # A sparse extent of a vmdk (qemu cannot open it alone): reported only if no image names it.
+                node.format = "vmdk"
+                self.orphans[ident] = error_finding(exc, path, None, chain)
+                return node
             node.flags |= ImageEntry.FAILED
             if fmt is not None and exc.probed_format not in (None, fmt):
                 by = "-f" if via is None else repr(via.path)
@@ -365,6 +368,10 @@ class _Audit:
             self.add(f, ident, f.message)
         if image.polyglot:
             self.add(polyglot_finding(path, image.format, image.polyglot, chain), ident)
+        if image.format == "vmdk":
+            embedded = embedded_extent_finding(path, d, chain)
+            if embedded is not None:
+                self.add(embedded, ident)
         if self.allowed is not None and image.format not in self.allowed:
             allowed = ", ".join(sorted(self.allowed))
             message = f"the image is {image.format}, which is not among the allowed formats ({allowed})"
@@ -382,6 +389,15 @@ class _Audit:
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
+
+    def extent_of_another(self, path: str, info: FileInfo) -> bool:
+        """Whether ``path``, which does not open as a vmdk image, has a vmdk
+        sparse extent's header (the files of a twoGbMaxExtentSparse set)."""
+        try:
+            read_extent_header(path, info)
+        except ImgChainError:
+            return False
+        return True
 
     def stat(self, path: str, owner: ImageEntry | None, *, inside: bool = False) -> FileInfo | None:
         """``stat`` a would-be image, or record why it cannot be one.
@@ -414,7 +430,7 @@ class _Audit:
     def not_standalone(self, node: ImageEntry, refs: tuple[Reference, ...], chain: tuple[str, ...]) -> None:
         for ref in refs:
             message = (
-                f"names {_KIND_WORDS.get(ref.kind, ref.kind)} {ref.name!r}: under --standalone an image must "
+                f"names {KIND_WORDS.get(ref.kind, ref.kind)} {ref.name!r}: under --standalone an image must "
                 "not name any other file (not followed)"
             )
             f = finding("not-standalone", node.path, chain, message, target=ref.name, kind=ref.kind)
@@ -424,7 +440,7 @@ class _Audit:
         """A file the image names besides its backing file (a data file, a
         vmdk extent ...): everything qemu would open for it is held to the
         roots; nothing is opened."""
-        word = _KIND_WORDS.get(ref.kind, ref.kind)
+        word = KIND_WORDS.get(ref.kind, ref.kind)
         model = self.model(node, ref.name, ref.format, (*chain, ref.name), word)
         if model is None:
             return
@@ -432,7 +448,9 @@ class _Audit:
             if target.role != "device-probe":
                 # A plain name is opened from qemu's working folder when the reference says so (a data file).
                 cwd = target.relative_to == "cwd" or ref.relative_to == "cwd"
-                self.hold(node, target, ref.name, word, (*chain, target.path), cwd=cwd, open_images=False)
+                self.hold(
+                    node, target, ref.name, word, (*chain, target.path), cwd=cwd, open_images=False, kind=ref.kind
+                )
         if model.network:
             what = "; ".join(model.network)
             message = f"{word} {ref.name!r} is a network source ({what}), which cannot be verified offline"
@@ -461,6 +479,7 @@ class _Audit:
         *,
         cwd: bool,
         open_images: bool,
+        kind: str = "",
     ) -> None:
         """Hold one file, folder or socket that ``node``'s name ``name`` makes
         qemu open to the roots.  With ``open_images``, a file qemu reads as an
@@ -490,6 +509,8 @@ class _Audit:
         if target.kind != "file":
             return  # a folder or a socket inside the roots: never opened
         info = self.stat(path, node)
+        if info is not None and kind == "extent":
+            self.extent_idents.add(_identity(info))
         if info is None or not open_images or target.role == "image":
             return
         if target.follows_backing or target.format is not None:
@@ -754,4 +775,7 @@ def audit(
         queue.extend(run.pending)
         run.pending.clear()
     run.chains(named)
+    for ident, f in run.orphans.items():
+        if ident not in run.extent_idents:
+            run.add(f, ident)
     return run.report()

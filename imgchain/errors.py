@@ -28,6 +28,8 @@ put into messages with ``!r`` so that they cannot drive a terminal.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackingLoopError",
     "BackingMissingError",
@@ -158,6 +160,9 @@ class FormatError(ImgChainError, ValueError):
         #: What the file probes as, when the probe knows (a declared format
         #: that does not fit the content shows here).
         self.probed_format: str | None = None
+        #: The files qemu opens for this file before it refuses it (a vmdk
+        #: descriptor's extents), as ``imgchain.formats.Reference`` values.
+        self.opens: tuple[Any, ...] = ()
         super().__init__(self._render())
 
     def _render(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from imgchain.errors import (
     BackingLoopError,
@@ -31,6 +32,7 @@ __all__ = [
     "Code",
     "Finding",
     "Severity",
+    "embedded_extent_finding",
     "error_finding",
     "finding",
     "header_findings",
@@ -188,6 +190,16 @@ CODES: dict[str, Code] = {
             "Do not use the file; convert it from a trusted source (`qemu-img convert` never makes these).",
         ),
         Code(
+            "vmdk-embedded-extent",
+            Severity.ERROR,
+            "A sparse VMDK whose embedded descriptor names an extent that is not a plain file name (a path, a "
+            "protocol name), several extents, or an extent that is not sparse. qemu 7.2 ignores those lines and "
+            "reads the file itself.",
+            "Other readers (VMware tools, converters, older qemu) follow the embedded extent lines, and OpenStack "
+            "refuses such images: the same file means two different disks.",
+            "Convert the image (`qemu-img convert -O vmdk`), which writes a descriptor naming the file alone.",
+        ),
+        Code(
             "internal-error",
             Severity.ERROR,
             "imgchain failed on this image: a bug, reported as a finding so that the rest of the audit goes on.",
@@ -227,10 +239,10 @@ class Finding:
     chain: tuple[str, ...]  #: the layers from the top that led to it
     message: str
     #: Extra facts: the target a name points at, what a prober would open ...
-    details: dict[str, str] = field(default_factory=dict, compare=False)
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-def finding(code: str, image: str, chain: tuple[str, ...], message: str, **details: str) -> Finding:
+def finding(code: str, image: str, chain: tuple[str, ...], message: str, **details: str | list[str]) -> Finding:
     """A finding of ``code``, with its usual severity."""
     return Finding(code, CODES[code].severity, image, chain, message, dict(details))
 
@@ -266,20 +278,50 @@ def mismatch_finding(
     """An image declared ``declared`` (by ``declared_by``) whose content
     probes as ``probed``; ``content`` is what a prober would decode."""
     message = f"declared {declared} by {declared_by}, but the content probes as {probed}"
-    details = {"declared": declared, "content": probed}
-    if content is not None and not isinstance(content, FormatError):
-        opens = []
-        if content.backing_filename:
-            opens.append(f"backing file {content.backing_filename!r}")
-            details["would_open"] = content.backing_filename
-        if content.data_file:
-            opens.append(f"data file {content.data_file!r}")
-            details["would_open_data_file"] = content.data_file
-        if opens:
-            message += f": a host that probes it would open {' and '.join(opens)}"
+    details: dict[str, str | list[str]] = {"declared": declared, "content": probed}
+    refs = content.opens if isinstance(content, FormatError) else content.references if content is not None else ()
+    if refs:
+        for ref in refs:
+            if ref.kind == "backing":
+                details.setdefault("would_open", ref.name)
+            elif ref.kind == "data-file":
+                details.setdefault("would_open_data_file", ref.name)
+        details["would_open_files"] = [ref.name for ref in refs]
+        opens = " and ".join(f"{_KIND_WORDS.get(ref.kind, ref.kind)} {ref.name!r}" for ref in refs)
+        message += f": a host that probes it would open {opens}"
     if reason is not None:
         message += f" ({reason})"
     return finding("format-probe-mismatch", path, chain, message, **details)
+
+
+#: How a message names each kind of reference (see ``imgchain.formats.Reference``).
+KIND_WORDS = {
+    "backing": "backing file",
+    "data-file": "data file",
+    "extent": "extent file",
+    "parent-locator": "parent",
+}
+_KIND_WORDS = KIND_WORDS
+
+
+def embedded_extent_finding(path: str, d: Any, chain: tuple[str, ...]) -> Finding | None:
+    """A sparse vmdk's embedded descriptor that names more than the file
+    itself (see the code's text), or None.  Renamed files are fine: qemu and
+    every reader take a bare name there for the file it is in."""
+    embedded = getattr(d, "embedded", None)
+    if embedded is None or d.descriptor is not None:  # (a descriptor qemu does read is not "embedded")
+        return None
+    lines = list(embedded.extents)
+    odd = [
+        e
+        for e in lines
+        if "/" in e.filename or "\\" in e.filename or ":" in e.filename or e.type not in ("SPARSE", "VMFSSPARSE")
+    ]
+    if len(lines) <= 1 and not odd:
+        return None
+    names = ", ".join(f"{e.type} {e.filename!r}" for e in (odd or lines))
+    message = f"the embedded descriptor names {len(lines)} extent(s) ({names}) that qemu ignores but other readers open"
+    return finding("vmdk-embedded-extent", path, chain, message, extents=[e.filename for e in lines])
 
 
 def polyglot_finding(path: str, fmt: str, signatures: Iterable[Signature], chain: tuple[str, ...]) -> Finding:

@@ -16,6 +16,7 @@ Safety rules, each enforced here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -48,6 +49,7 @@ __all__ = [
     "Image",
     "Roots",
     "outside_roots",
+    "read_extent_header",
     "read_image",
     "same_file",
     "stat_image",
@@ -393,10 +395,15 @@ def read_image(
         content: formats.DecodedImage | FormatError | None = None
         if probed != module.NAME and probed in _DECODED_WHEN_DIFFERENT:
             # What a host that probes would have taken this file for.
+            prober = formats.by_name(probed)
             try:
-                content = reader.fill(formats.by_name(probed).decode, win, probed)
+                content = reader.fill(prober.decode, win, probed)
             except FormatError as exc:
                 content = exc
+                opens = getattr(prober, "files_opened", None)  # what qemu opens before it refuses the file
+                if opens is not None:
+                    with contextlib.suppress(FormatError):
+                        exc.opens = reader.fill(opens, win, probed)
         signatures: tuple[polyglot.Signature, ...] = ()
         header_end = polyglot.header_end_of(decoded)
         if header_end:
@@ -461,7 +468,6 @@ def _read_extents(path: str, image: vmdk.VmdkImage) -> tuple[vmdk.VmdkImage, tup
     and a sparse one's header read (bounded, as any image); the image
     completed from those headers.  An extent that cannot be opened makes the
     image fail to open, as in qemu."""
-    from imgchain.formats import vmdk
     from imgchain.names import combine, protocol_of
 
     headers: list[vmdk.SparseExtent | None] = []
@@ -476,29 +482,34 @@ def _read_extents(path: str, image: vmdk.VmdkImage) -> tuple[vmdk.VmdkImage, tup
         try:
             info = stat_image(name)
             files.append(info)
-            if extent.flat:
-                headers.append(None)
-                continue
-            fd = os.open(name, _OPEN_FLAGS)
+            headers.append(None if extent.flat else read_extent_header(name, info, extent.type or "SPARSE"))
         except ChainError as exc:
             exc.referrer = exc.referrer or path
             raise
-        except OSError as exc:
-            raise _os_error(name, exc) from None
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != info.identity:
-                raise ImageAccessError(name, "the file changed while it was being opened")
-            size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
-            first = _pread(fd, min(INITIAL_READ, size), 0)
-            reader = _Reader(fd, name, len(first))
-            kind = extent.type or "SPARSE"
-            headers.append(reader.fill(lambda w, k=kind: vmdk.decode_extent_header(w, k), Window(first, size), "vmdk"))
-        except FormatError as exc:
-            exc.path = name
-            raise
-        except OSError as exc:
-            raise _os_error(name, exc) from None
-        finally:
-            os.close(fd)
     return image.with_extent_headers(headers), tuple(files)
+
+
+def read_extent_header(path: str, info: FileInfo, kind: str = "SPARSE") -> vmdk.SparseExtent:
+    """The header of a vmdk's sparse extent file (``info``: its :func:`stat_image`),
+    read as qemu reads it (``kind``: the descriptor's extent type), bounded."""
+    from imgchain.formats import vmdk
+
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != info.identity:
+            raise ImageAccessError(path, "the file changed while it was being opened")
+        size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
+        first = _pread(fd, min(INITIAL_READ, size), 0)
+        reader = _Reader(fd, path, len(first))
+        return reader.fill(lambda w: vmdk.decode_extent_header(w, kind), Window(first, size), "vmdk")
+    except FormatError as exc:
+        exc.path = path
+        raise
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    finally:
+        os.close(fd)

@@ -480,6 +480,62 @@ _QED = [
     ),
 ]
 
+_VMDK = [
+    *(
+        _single(f"vmdk-{sub}", create("d.vmdk", "vmdk", size, f"subformat={sub}"), top="d.vmdk")
+        for sub, size in (
+            ("monolithicSparse", "10M"),
+            ("monolithicFlat", "10M"),
+            ("streamOptimized", "10M"),
+            # just over 2 GiB: two extents (sparse files: nothing is written)
+            ("twoGbMaxExtentSparse", "2049M"),
+            ("twoGbMaxExtentFlat", "2049M"),
+        )
+    ),
+    *(
+        _single(f"vmdk-adapter-{a}", create("d.vmdk", "vmdk", "10M", f"adapter_type={a}"), top="d.vmdk")
+        for a in ("ide", "lsilogic", "buslogic", "legacyESX")
+    ),
+    _single(
+        "vmdk-chain-3",
+        create("base.vmdk", "vmdk", "10M", None),
+        create("sub dir/mid.vmdk", "vmdk", None, None, backing="../base.vmdk", backing_fmt="vmdk"),
+        create("sub dir/top.vmdk", "vmdk", None, None, backing="mid.vmdk", backing_fmt="vmdk"),
+        dirs=("sub dir",),
+        top="sub dir/top.vmdk",
+    ),
+    _single(
+        "qcow2-over-vmdk",
+        create("base.vmdk", "vmdk", "10M", "subformat=twoGbMaxExtentSparse"),
+        create("top.qcow2", size=None, backing="base.vmdk", backing_fmt="vmdk"),
+        top="top.qcow2",
+    ),
+    _single(
+        "vmdk-over-vmdk-flat",
+        create("base.vmdk", "vmdk", "10M", "subformat=monolithicFlat"),
+        create("top.vmdk", "vmdk", None, None, backing="base.vmdk", backing_fmt="vmdk"),
+        top="top.vmdk",
+    ),
+]
+
+_QCOW = [
+    _single("qcow-alone", create("a.qcow", "qcow", "10M", None), top="a.qcow"),
+    _single(
+        "qcow-over-raw",
+        create("base.raw", "raw", "1M", None),
+        create("top.qcow", "qcow", None, None, backing="base.raw", backing_fmt="raw"),
+        top="top.qcow",
+    ),
+    _single(
+        "qcow-chain",
+        create("a b.qcow", "qcow", "1M", None),
+        create("d/mid.qcow", "qcow", None, None, backing="../a b.qcow", backing_fmt="qcow"),
+        create("top.qcow2", size=None, backing="d/mid.qcow", backing_fmt="qcow"),
+        dirs=("d",),
+        top="top.qcow2",
+    ),
+]
+
 _CHAINS = [
     _single(
         "chain-qcow2-raw",
@@ -609,7 +665,7 @@ _CHAINS = [
 ]
 
 #: Every case, in a stable order.
-CASES: list[Case] = [*_RAW, *_QCOW2, *_QCOW2_QEMU_LIMITS, *_QED, *_CHAINS]
+CASES: list[Case] = [*_RAW, *_QCOW2, *_QCOW2_QEMU_LIMITS, *_QED, *_VMDK, *_QCOW, *_CHAINS]
 
 
 # qemu's PBKDF2 benchmark (run for every LUKS create, whatever iter-time says)
