@@ -61,11 +61,6 @@ def _module(name: str) -> ModuleType:
     return module
 
 
-def _magic(module: ModuleType) -> Callable[[bytes], int]:
-    sniff = module.sniff
-    return lambda head: 100 if sniff(head) else 0
-
-
 def _lazy(name: str) -> Callable[[bytes], int]:
     """The probe of format ``name``, its module imported at the first call."""
 
@@ -83,9 +78,9 @@ def _lazy(name: str) -> Callable[[bytes], int]:
 #: table by first byte keeps the probe one dict look-up for most files.)
 _PROBES: dict[int, tuple[tuple[str, Callable[[bytes], int]], ...]] = {}
 for _name, _probe, _firsts in (
-    ("qcow2", _magic(qcow2), b"Q"),
+    ("qcow2", qcow2.probe, b"Q"),
     ("qcow", _lazy("qcow"), b"Q"),  # the qcow2 magic with version 1
-    ("qed", _magic(qed), b"Q"),
+    ("qed", qed.probe, b"Q"),
     # KDMV, COWD, or a text descriptor: '#' comment lines and lines of spaces, then "version=".
     ("vmdk", _lazy("vmdk"), b"KC# v"),
 ):
@@ -145,6 +140,9 @@ def probe(buf: bytes, filename: str | None = None) -> ModuleType:
 
 def decoder_for(name: str) -> ModuleType:
     """The decoder of a probed format name (see :func:`probe_name`)."""
+    module = _BY_NAME.get(name)
+    if module is not None:  # (the usual case)
+        return module
     if name not in _MODULES:
         raise UnsupportedFeatureError(
             name, f"the file holds a {name} header; imgchain decodes only {', '.join(_MODULES)}"

@@ -83,6 +83,7 @@ __all__ = [
     "Signature",
     "foreign_signatures",
     "header_end_of",
+    "plan",
     "signatures_in",
     "span",
 ]
@@ -157,6 +158,18 @@ def foreign_signatures(win: Window, fmt: str, header_end: int) -> tuple[Signatur
     return signatures_in(low, high, fmt)
 
 
+def plan(image: DecodedImage, size: int) -> tuple[int, int, int] | None:
+    """What the scan of ``image`` (a file of ``size`` bytes) needs, in one
+    call for the probe: None where there is nothing to scan, else
+    (header_end, offset, length) with the one range beyond the first read
+    (length 0: none)."""
+    header_end = header_end_of(image)
+    if header_end < _MIN_END or size < _MIN_END:
+        return None
+    where = span(header_end, size)
+    return (header_end, 0, 0) if where is None else (header_end, *where)
+
+
 def span(header_end: int, size: int) -> tuple[int, int] | None:
     """The one range beyond the first :data:`FIRST_READ` bytes that the scan
     of a ``size``-byte file with header range ``header_end`` needs, as
@@ -170,9 +183,12 @@ def span(header_end: int, size: int) -> tuple[int, int] | None:
     return None
 
 
-def signatures_in(low: bytes, high: bytes, fmt: str) -> tuple[Signature, ...]:
+def signatures_in(low: bytes, high: bytes, fmt: str, header_end: int | None = None) -> tuple[Signature, ...]:
     """The scan itself, on the header range's first :data:`FIRST_READ` bytes
-    (``low``, at most) and the range :func:`span` names (``high``, or b"")."""
+    (``low``; or the file's first bytes, and ``header_end``) and the range
+    :func:`span` names (``high``, or b"")."""
+    if header_end is not None and header_end < len(low):
+        low = low[:header_end]
     # The usual case, in a few C calls: no signature where it would be.
     if not (
         low.startswith(VDI_MAGIC, VDI_OFFSET)

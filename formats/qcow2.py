@@ -402,6 +402,11 @@ def sniff(buf: bytes) -> bool:
     return len(buf) >= 8 and buf[:4] == MAGIC and int.from_bytes(buf[4:8], "big") >= 2
 
 
+def probe(buf: bytes) -> int:
+    """qemu's ``qcow2_probe`` score: 100 where :func:`sniff` holds, else 0."""
+    return 100 if len(buf) >= 8 and buf[:4] == MAGIC and int.from_bytes(buf[4:8], "big") >= 2 else 0
+
+
 def _bad(reason: str, field: str, value: object = None, offset: int | None = None) -> FormatError:
     return FormatError(NAME, reason, field=field, offset=OFFSETS.get(field, offset), value=value)
 

@@ -136,6 +136,11 @@ def sniff(buf: bytes) -> bool:
     return buf[:4] == MAGIC
 
 
+def probe(buf: bytes) -> int:
+    """qemu's ``bdrv_qed_probe`` score: 100 for the magic, else 0."""
+    return 100 if buf[:4] == MAGIC else 0
+
+
 def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

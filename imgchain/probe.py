@@ -405,16 +405,14 @@ def read_image(
                     with contextlib.suppress(FormatError):
                         exc.opens = reader.fill(opens, win, probed)
         signatures: tuple[polyglot.Signature, ...] = ()
-        header_end = polyglot.header_end_of(decoded)
-        if header_end:
+        scan = polyglot.plan(decoded, size)
+        if scan is not None:
             # One read at most, exactly the range the scan names (never past the header area).
-            where = polyglot.span(header_end, size)
-            high = b""
-            if where is not None:
-                high = reader.pread(where[1], where[0])
-                if len(high) < where[1]:  # the file shrank under us
-                    raise TruncatedError(module.NAME, f"short read at {where[0]}", offset=where[0])
-            signatures = polyglot.signatures_in(first[: min(header_end, size)], high, module.NAME)
+            header_end, at, length = scan
+            high = reader.pread(length, at) if length else b""
+            if len(high) < length:  # the file shrank under us
+                raise TruncatedError(module.NAME, f"short read at {at}", offset=at)
+            signatures = polyglot.signatures_in(first, high, module.NAME, header_end)
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
