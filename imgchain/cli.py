@@ -31,7 +31,7 @@ from imgchain import __version__
 from imgchain.errors import ImgChainError, PathError, plain, quoted, shown
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-FORMATS = ("qcow2", "qed", "raw")
+FORMATS = ("qcow2", "qed", "raw", "vmdk", "qcow")
 #: The most of a domain XML file that --verify reads.
 _MAX_XML = 16 * 1024 * 1024
 

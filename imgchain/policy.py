@@ -160,7 +160,7 @@ CODES: dict[str, Code] = {
             Severity.ERROR,
             "A well-formed header that must be refused: an unknown incompatible feature, an unsupported "
             "version, compression type or cipher, or a format imgchain does not decode.",
-            "qemu 7.2 would refuse it, or (for formats such as vmdk) imgchain cannot check it.",
+            "qemu 7.2 would refuse it, or (for formats such as vpc) imgchain cannot check it yet.",
             "Use a newer qemu if the feature is genuine, or convert the image.",
         ),
         Code(
