@@ -1109,3 +1109,44 @@ def test_qemu_made_vmdk_sets_audit_clean_and_the_embedded_extent_finding(store):
     put(store / "evil.vmdk", bytes(data))
     f = only(audit(["evil.vmdk"]), "vmdk-embedded-extent")
     assert "'/etc/shadow'" in f.message
+
+
+def test_a_declared_format_with_its_magic_but_broken_is_malformed_not_a_mismatch(store):
+    put(store / "cut.qcow2", PLAIN[:40])  # the qcow2 magic and version, cut inside the header
+    put(store / "top.qcow2", qcow2_naming("cut.qcow2", "qcow2"))
+    report = audit(["top.qcow2"])
+    assert codes(report) == [("malformed-header", "cut.qcow2")]
+    put(store / "other.img", QED)  # declared qcow2, but QED content: that is a mismatch
+    put(store / "top2.qcow2", qcow2_naming("other.img", "qcow2"))
+    assert only(audit(["top2.qcow2"]), "format-probe-mismatch").details["content"] == "qed"
+
+
+def test_qcow_v1_records_no_backing_format(store):
+    """qcow v1 cannot record its backing file's format: qemu probes it.  An
+    error where the probed base has a backing file of its own."""
+    qcow = craft.patch(bytearray(48), {"magic": (0, ">I"), "version": (4, ">I")}, magic=0x514649FB, version=1)
+    qcow = craft.patch(
+        qcow + b"base.raw" + bytes(1024),
+        {
+            "backing_file_offset": (8, ">Q"),
+            "backing_file_size": (16, ">I"),
+            "size": (24, ">Q"),
+            "cluster_bits": (32, ">B"),
+            "l2_bits": (33, ">B"),
+            "l1_table_offset": (40, ">Q"),
+        },
+        backing_file_offset=48,
+        backing_file_size=8,
+        size=1 << 20,
+        cluster_bits=12,
+        l2_bits=9,
+        l1_table_offset=512,
+    )
+    put(store / "base.raw", b"\0" * 4096)
+    put(store / "top.qcow", qcow)
+    f = only(audit(["top.qcow"]), "backing-format-unrecorded")
+    assert f.severity is Severity.WARNING
+    put(store / "base.raw", qcow2_naming("/etc/hostname", "raw"))  # now the probed base names a file of its own
+    report = audit(["top.qcow"], roots=["/"])
+    f = only(report, "backing-format-unrecorded")
+    assert f.severity is Severity.ERROR
