@@ -27,7 +27,17 @@ def pytest_configure(config: pytest.Config) -> None:
     import shutil
 
     if os.environ.get("IMGCHAIN_REQUIRE_TOOLS") == "1":
-        needed = ("qemu-img", "qemu-io", "virt-xml-validate", "xmllint", "strace", "genisoimage", "mkudffs", "sfdisk")
+        needed = (
+            "qemu-img",
+            "qemu-io",
+            "virt-xml-validate",
+            "virsh",
+            "xmllint",
+            "strace",
+            "genisoimage",
+            "mkudffs",
+            "sfdisk",
+        )
         missing = [t for t in needed if shutil.which(t) is None]
         if missing:
             raise pytest.UsageError(f"IMGCHAIN_REQUIRE_TOOLS=1 but not on PATH: {', '.join(missing)}")

@@ -113,7 +113,7 @@ RBD = NetworkSource(
     config="/etc/ceph.conf",
 )
 HTTP = NetworkSource("https", "dir/disk.img", (Host("example.org", 443, "tcp"),), query="a=b")
-NFS = NetworkSource("nfs", "export/disk.img", (Host("nfs.example.org", None, "tcp"),))
+NFS = NetworkSource("nfs", "export/disk.img", (Host("nfs.example.org", None, "tcp"),), nfs_user="+0", nfs_group="+0")
 
 
 def layer(kind: str, fmt: str | None = "raw", path: str | None = None, net: NetworkSource | None = None) -> DiskLayer:
@@ -272,7 +272,9 @@ def domain_with(disk: ET.Element) -> str:
 def test_backingstore_validates_against_libvirts_schema(tmp_path, name):
     mirror = SHAPES["file-file"]
     path = tmp_path / "domain.xml"
-    path.write_text(domain_with(disk_element(Disk(SHAPES[name], mirror), "backingstore")))
+    rendering = render(Disk(SHAPES[name], mirror), "backingstore")
+    assert rendering.notes == ()  # a note is given exactly where the schema refuses
+    path.write_text(domain_with(ET.fromstring(rendering.text)))
     proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -490,3 +492,402 @@ def test_verify_network_layers_with_credentials_match(images, capsys):
     (images / "n.xml").write_text(capsys.readouterr().out)
     code, lines = verify(capsys, images / "n.xml")
     assert code == EXIT_OK, lines
+
+
+# -- what libvirt's parser reads but its schema refuses: written, with a note ----------------------
+
+SCHEMA_REFUSES = {
+    "ssh": NetworkSource("ssh", "srv/x", (Host("h", 22, "tcp"),)),
+    "host": NetworkSource("nbd", "x", (Host("my_host", 10809, "tcp"),)),
+    "snapshot": NetworkSource("rbd", "pool/img", (), snapshot="snap.1"),
+    "socket": NetworkSource("nbd", "x", (Host(None, None, "unix", "run/nbd.sock"),)),
+    "config": NetworkSource("rbd", "pool/img", (), config="ceph.conf"),
+    "nfs-identity": NetworkSource("nfs", "export/x", (Host("h", None, "tcp"),)),
+}
+
+
+@pytest.mark.libvirt
+@pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="virt-xml-validate is not installed")
+@pytest.mark.parametrize("case", [*SCHEMA_REFUSES, "dir"])
+def test_names_the_schema_refuses_are_written_with_a_note(tmp_path, case):
+    if case == "dir":
+        below = DiskLayer("dir", path="relative/tree", format="fat")
+    else:
+        below = layer("network", "raw", net=SCHEMA_REFUSES[case])
+    disk = Disk(DiskChain((layer("file", "qcow2"), below), ends=False))
+    rendering = render(disk, "backingstore")
+    assert parse_disk(ET.fromstring(rendering.text)) == disk
+    assert len(rendering.notes) == 1 and "virt-xml-validate will refuse this XML" in rendering.notes[0]
+    path = tmp_path / "domain.xml"
+    path.write_text(domain_with(ET.fromstring(rendering.text)))
+    assert subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, check=False).returncode
+
+
+# -- from images: what libvirt will read as the truth, or a refusal ----------------------------------
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def unrecorded(tmp_path, monkeypatch):
+    """top.qcow2 -> (no format recorded) mid.qcow2 -> (raw recorded) base.raw."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.raw").write_bytes(b"\0" * 4096)
+    (tmp_path / "mid.qcow2").write_bytes(overlay(b"base.raw", b"raw"))
+    (tmp_path / "top.qcow2").write_bytes(craft.qcow2(backing=b"mid.qcow2"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_probed_format_is_never_declared(unrecorded, capsys, layout):
+    code, out, err = run(capsys, "xml", "--layout", layout, "top.qcow2")
+    assert code == EXIT_FAIL and out == ""
+    assert "format of backing image 'mid.qcow2' of image" in err
+    assert "was not specified in the image metadata (libvirt refuses it" in err
+    assert "qemu-img rebase -u -b 'mid.qcow2' -F FORMAT" in err and "--allow-probed" in err
+    code, out, err = run(capsys, "xml", "--layout", layout, "--allow-probed", "top.qcow2")
+    assert code == EXIT_OK
+    assert "warning: the format of backing layer" in err and "libvirt will trust it" in err
+    assert parse_disk(ET.fromstring(out)).chain.layers[1].format == "qcow2"
+
+
+def test_a_probed_layer_with_no_backing_file_is_what_libvirt_probes_too(unrecorded, capsys):
+    (unrecorded / "leaf.qcow2").write_bytes(craft.qcow2(backing=b"base.raw"))  # base.raw: probed, no backing
+    code, out, err = run(capsys, "xml", "--layout", "backingstore", "leaf.qcow2")
+    assert code == EXIT_OK and err == ""
+    assert parse_disk(ET.fromstring(out)).chain.layers[1].format == "raw"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"https://user:pw@example.org/x.img",
+        b'json:{"driver":"iscsi","transport":"tcp","portal":"example.org","target":"iqn.x:t","user":"u","password":"p"}',
+    ],
+)
+def test_inline_credentials_get_no_backing_layer_as_in_libvirt(unrecorded, capsys, name):
+    (unrecorded / "c.qcow2").write_bytes(overlay(name, b"raw"))
+    code, out, err = run(capsys, "xml", "--layout", "backingstore", "c.qcow2")
+    assert code == EXIT_OK
+    assert "backingStore" not in out and "pw" not in out
+    assert "libvirt adds no backing layer" in err and "inline authentication" in err
+    disk = parse_disk(ET.fromstring(out))
+    assert len(disk.chain.layers) == 1 and not disk.chain.ends
+    # The RFC layouts describe the chain: the source, never the credentials.
+    code, out, err = run(capsys, "xml", "--layout", "list", "c.qcow2")
+    assert code == EXIT_OK and "example.org" in out and "pw" not in out
+
+
+def test_rbd_credentials_are_dropped_but_the_layer_kept_as_in_libvirt(unrecorded, capsys):
+    (unrecorded / "r.qcow2").write_bytes(overlay(b"rbd:pool/img:id=admin:key=SECRET", b"raw"))
+    code, out, err = run(capsys, "xml", "--layout", "backingstore", "r.qcow2")
+    assert code == EXIT_OK and "SECRET" not in out and "admin" not in out
+    assert "<source protocol='rbd' name='pool/img'>" in out or "<source protocol='rbd' name='pool/img'/>" in out
+    assert "credentials in the backing name" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (b"file:base.raw", "invalid backing protocol 'file'"),
+        (
+            b'json:{"driver":"qcow2","file":{"driver":"file","filename":"mid.qcow2"}}',
+            "missing parser implementation for JSON backing volume driver 'qcow2'",
+        ),
+    ],
+)
+def test_names_libvirts_parser_refuses_are_refused_in_backingstore(unrecorded, capsys, name, reason):
+    (unrecorded / "n.qcow2").write_bytes(overlay(name, b"qcow2" if b"qcow2" in name else b"raw"))
+    code, out, err = run(capsys, "xml", "--layout", "backingstore", "n.qcow2")
+    assert code == EXIT_FAIL and out == ""
+    assert reason in err and "libvirt refuses the backing name" in err
+    assert run(capsys, "xml", "--layout", "nested", "n.qcow2")[0] == EXIT_OK
+
+
+def test_a_relative_json_file_name_stays_relative_as_in_libvirt(unrecorded, capsys):
+    name = b'json:{"driver":"raw","offset":512,"size":1024,"file":{"driver":"file","filename":"base.raw"}}'
+    (unrecorded / "j.qcow2").write_bytes(overlay(name, b"raw"))
+    code, out, err = run(capsys, "xml", "--layout", "backingstore", "j.qcow2")
+    assert code == EXIT_OK
+    assert "<source file='base.raw'>" in out
+    assert "<slice type='storage' offset='512' size='1024'/>" in out
+    assert "the relative path 'base.raw'" in err
+
+
+def test_raw_declared_over_qcow2_content_is_allowed_with_a_note(unrecorded, capsys):
+    code, out, err = run(capsys, "xml", "-f", "raw", "--layout", "backingstore", "mid.qcow2")
+    assert code == EXIT_OK
+    assert "<driver name='qemu' type='raw'/>" in out and "<backingStore type" not in out
+    assert "is declared raw, but its content looks like qcow2" in err
+
+
+def test_xml_is_written_as_libvirt_writes_it(images, capsys):
+    code, out, _ = run(capsys, "xml", "--layout", "backingstore", "top.qcow2")
+    assert code == EXIT_OK
+    assert '"' not in out and " />" not in out
+    assert out.splitlines()[1] == "  <driver name='qemu' type='qcow2'/>"
+    assert "<backingStore type='file'>" in out and "index=" not in out
+
+
+def test_the_default_layout_note_is_for_a_terminal_only(images, capsys, monkeypatch):
+    assert run(capsys, "xml", "top.qcow2")[2] == ""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    err = run(capsys, "xml", "top.qcow2")[2]
+    assert err.count("\n") == 1 and "libvirt reads --layout backingstore" in err
+    assert "libvirt reads" not in run(capsys, "xml", "--layout", "nested", "top.qcow2")[2]
+
+
+def test_a_terminal_sees_unprintable_names_as_references(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nb\u00a0sp.raw").write_bytes(b"\0" * 512)
+    (tmp_path / "t.qcow2").write_bytes(overlay("nb\u00a0sp.raw".encode(), b"raw"))
+    out = run(capsys, "xml", "--layout", "list", "t.qcow2")[1]
+    assert "nb\u00a0sp.raw" in out
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    out = run(capsys, "xml", "--layout", "list", "t.qcow2")[1]
+    assert "nb&#xa0;sp.raw" in out and "\u00a0" not in out
+
+
+# -- the list layout: the seed's proof of concept -------------------------------------------------
+
+SEED_EXAMPLES = [
+    """<disk type='file' device='disk'>
+  <driver name='qemu' type='raw'/>
+  <source file='/var/lib/libvirt/images/demo.img'/>
+  <backingFile/>
+  <target dev='vda' bus='virtio'/>
+</disk>
+""",
+    """<disk type='file' device='disk'>
+  <driver name='qemu' type='qcow2'/>
+  <source file='/var/lib/libvirt/images/demo.qcow'/>
+  <backingFile>
+    <source file='/var/lib/libvirt/images/bar.qcow' format='qcow2'/>
+  </backingFile>
+  <target dev='vda' bus='virtio'/>
+</disk>
+""",
+    """<disk type='file' device='disk'>
+  <driver name='qemu' type='qcow2'/>
+  <source file='/var/lib/libvirt/images/demo.qcow'/>
+  <backingFile>
+    <source file='/var/lib/libvirt/images/bar.qcow' format='qcow2'/>
+    <source file='/var/lib/libvirt/images/foo.qcow' format='raw'/>
+  </backingFile>
+  <target dev='vda' bus='virtio'/>
+</disk>
+""",
+]
+
+
+def test_seed_examples_are_transcribed_faithfully():
+    if not SEED.exists():
+        pytest.skip("shared/seed is not beside the checkout")
+    seed = SEED.read_text()
+    for example in SEED_EXAMPLES:
+        for line in example.splitlines():
+            if "<target" not in line and "<disk" not in line and "</disk" not in line:
+                assert line.strip() in seed, line
+
+
+@pytest.fixture
+def seed_images(tmp_path, monkeypatch):
+    """The seed's images: demo.img (raw, alone); demo.qcow -> bar.qcow -> foo.qcow (raw)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.img").write_bytes(b"\0" * 4096)
+    (tmp_path / "foo.qcow").write_bytes(b"\0" * 4096)
+    (tmp_path / "bar.qcow").write_bytes(overlay(b"foo.qcow", b"raw"))
+    (tmp_path / "demo.qcow").write_bytes(overlay(b"bar.qcow", b"qcow2"))
+    (tmp_path / "alone.qcow").write_bytes(craft.qcow2())
+    (tmp_path / "bar-alone.qcow").write_bytes(craft.qcow2())
+    (tmp_path / "demo1.qcow").write_bytes(overlay(b"bar-alone.qcow", b"qcow2"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("example", "image"), [(0, "demo.img"), (1, "demo1.qcow"), (2, "demo.qcow")])
+def test_list_layout_writes_the_seeds_examples(seed_images, capsys, example, image):
+    code, out, _ = run(capsys, "xml", "--layout", "list", image)
+    assert code == EXIT_OK
+    expected = SEED_EXAMPLES[example].replace("/var/lib/libvirt/images/", f"{seed_images}/")
+    expected = expected.replace("bar.qcow", "bar-alone.qcow") if example == 1 else expected
+    expected = expected.replace("demo.qcow", "demo1.qcow") if example == 1 else expected
+    assert out == expected
+    # ... and --verify reads it back, every <source> with its format=.
+    (seed_images / "d.xml").write_text(out)
+    assert verify(capsys, seed_images / "d.xml") == (
+        EXIT_OK,
+        [f"{seed_images}/d.xml: disk vda: matches the disk ({example + 1} layer{'s' if example else ''} declared)"],
+    )
+
+
+def test_list_verify_reads_every_source_and_its_format(seed_images, capsys):
+    text = SEED_EXAMPLES[2].replace("/var/lib/libvirt/images/", f"{seed_images}/")
+    # The second <source> names the wrong format: today's first-source-only reader missed it.
+    (seed_images / "d.xml").write_text(text.replace("format='raw'", "format='qcow2'"))
+    code, lines = verify(capsys, seed_images / "d.xml")
+    assert code == EXIT_FAIL
+    assert lines == [f"{seed_images}/d.xml: disk vda: chain layer 2: format: the XML says qcow2, the chain has raw"]
+    (seed_images / "d.xml").write_text(text.replace("foo.qcow'", "other.qcow'"))
+    code, lines = verify(capsys, seed_images / "d.xml")
+    assert code == EXIT_FAIL and ": chain layer 2: path: " in lines[0]
+
+
+def test_list_layout_with_network_layers_and_a_mirror(seed_images, capsys):
+    (seed_images / "net.qcow").write_bytes(overlay(b"nbd://example.org/export", b"raw"))
+    (seed_images / "top.qcow").write_bytes(overlay(b"net.qcow", b"qcow2"))
+    code, out, _ = run(capsys, "xml", "--layout", "list", "--mirror", "demo.qcow", "top.qcow")
+    assert code == EXIT_OK
+    root = f"{seed_images}/"
+    assert out == (
+        "<disk type='file' device='disk'>\n"
+        "  <driver name='qemu' type='qcow2'/>\n"
+        f"  <source file='{root}top.qcow'/>\n"
+        "  <mirror>\n"
+        "    <driver name='qemu' type='qcow2'/>\n"
+        f"    <source file='{root}demo.qcow'/>\n"
+        "    <backingFile>\n"
+        f"      <source file='{root}bar.qcow' format='qcow2'/>\n"
+        f"      <source file='{root}foo.qcow' format='raw'/>\n"
+        "    </backingFile>\n"
+        "  </mirror>\n"
+        "  <backingFile>\n"
+        f"    <source file='{root}net.qcow' format='qcow2'/>\n"
+        "    <source protocol='nbd' name='export' format='raw'>\n"
+        "      <host name='example.org' port='10809'/>\n"
+        "    </source>\n"
+        "  </backingFile>\n"
+        "  <target dev='vda' bus='virtio'/>\n"
+        "</disk>\n"
+    )
+    assert detect_layout(ET.fromstring(out)) == "list"
+    (seed_images / "d.xml").write_text(out)
+    assert verify(capsys, seed_images / "d.xml")[0] == EXIT_OK
+    # The network layer's host differs: the message shows host and port on both sides.
+    (seed_images / "d.xml").write_text(out.replace("<host name='example.org' port='10809'/>", "<host name='e'/>"))
+    code, lines = verify(capsys, seed_images / "d.xml")
+    assert code == EXIT_FAIL
+    assert lines == [
+        f"{seed_images}/d.xml: disk vda: chain layer 2: path: the XML says 'nbd://e:10809/export', "
+        "the chain names 'nbd://example.org:10809/export'"
+    ]
+
+
+# -- --verify never says "matches" wrongly ------------------------------------------------------------
+
+
+def test_verify_an_omitted_port_is_the_default_port(seed_images, capsys):
+    (seed_images / "net.qcow").write_bytes(overlay(b"nbd://example.org/export", b"raw"))
+    (seed_images / "d.xml").write_text(
+        f"<disk type='file'><driver type='qcow2'/><source file='{seed_images}/net.qcow'/>"
+        "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='export'>"
+        "<host name='example.org'/></source></backingStore><target dev='vda'/></disk>"
+    )
+    assert verify(capsys, seed_images / "d.xml") == (
+        EXIT_OK,
+        [f"{seed_images}/d.xml: disk vda: matches the disk (2 layers declared)"],
+    )
+
+
+def test_verify_checks_a_live_mirror_chain(images, capsys):
+    disk = Disk(describe_chain(resolve_chain("top.qcow2")), mirror=describe_chain(resolve_chain("top.qcow2")))
+    text = to_xml(disk, "backingstore")
+    assert "<mirror type='file' file=" in text and "job='copy'" in text
+    (images / "d.xml").write_text(text)
+    assert verify(capsys, images / "d.xml")[0] == EXIT_OK
+    # A wrong format in the mirror's chain, as libvirt's live XML would hold it.
+    mirror = text[text.index("<mirror") :]
+    wrong = text[: text.index("<mirror")] + mirror.replace("<format type='raw'/>", "<format type='qcow2'/>", 1)
+    (images / "d.xml").write_text(wrong)
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert any(": mirror layer 2: format: the XML says qcow2, the chain has raw" in line for line in lines), lines
+
+
+def test_verify_a_typeless_backing_store_hides_layers(images, capsys):
+    text = to_xml(Disk(describe_chain(resolve_chain("top.qcow2"))), "backingstore")
+    (images / "d.xml").write_text(text.replace("<backingStore type='file'>", "<backingStore>", 1))
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert [line.split(": ", 3)[2] for line in lines] == ["chain layer 1", "chain layer 1"]
+    assert "ignored-layers" in lines[0] and "the 2 layers written inside it are ignored" in lines[0]
+    assert "missing-layer" in lines[1] and "(and 1 more layer)" in lines[1]
+
+
+def test_verify_a_backing_store_without_format_is_libvirts_refusal(images, capsys):
+    text = to_xml(Disk(describe_chain(resolve_chain("top.qcow2"))), "backingstore")
+    (images / "d.xml").write_text(text.replace("<format type='raw'/>", ""))
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert lines == [
+        f"{images}/d.xml: disk vda: chain layer 2: libvirt-refuses: libvirt refuses this XML: its <backingStore> "
+        "has no <format> (libvirt: 'missing disk backing store format')"
+    ]
+
+
+def test_verify_an_odd_disk_is_reported_alone_and_the_others_checked(images, capsys):
+    good = disk_element(Disk(describe_chain(resolve_chain("top.qcow2"))), "backingstore")
+    odd = ET.fromstring(f"<disk type='block'><source file='{images}/base.raw'/><target dev='vdb'/></disk>")
+    drifted_disk = disk_element(drifted(images, "format"), "backingstore")
+    drifted_disk.find("target").set("dev", "vdc")  # type: ignore[union-attr]
+    write_domain(images / "d.xml", [good, odd, drifted_disk])
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert lines[0].endswith("disk vda: matches the disk (3 layers declared)")
+    assert "disk vdb: cannot be checked: type='block' but <source> describes a file source" in lines[1]
+    assert "missing source information" in lines[1]
+    assert ": disk vdc: chain layer 2: format: " in lines[2]
+
+
+def test_verify_an_undeclared_chain_says_what_libvirt_will_find(images, capsys):
+    (images / "d.xml").write_text(
+        f"<disk type='file'><driver name='qemu' type='qcow2'/><source file='{images}/top.qcow2'/>"
+        "<target dev='vda'/></disk>"
+    )
+    assert verify(capsys, images / "d.xml") == (
+        EXIT_OK,
+        [f"{images}/d.xml: disk vda: declares no backing chain; libvirt will find 3 layers when the domain starts"],
+    )
+
+
+def test_verify_an_undeclared_chain_flags_what_libvirt_will_refuse_to_probe(unrecorded, capsys):
+    (unrecorded / "u.xml").write_text(
+        f"<disk type='file'><driver name='qemu' type='qcow2'/><source file='{unrecorded}/top.qcow2'/>"
+        "<target dev='vda'/></disk>"
+    )
+    code, lines = verify(capsys, unrecorded / "u.xml")
+    assert code == EXIT_FAIL
+    assert lines == [
+        f"{unrecorded}/u.xml: disk vda: chain layer 1: libvirt-refuses: format of backing image 'mid.qcow2' of "
+        f"image '{unrecorded}/top.qcow2' was not specified in the image metadata: libvirt will refuse to probe it, "
+        f"and the domain will not start (record it: qemu-img rebase -u -b 'mid.qcow2' -F FORMAT "
+        f"'{unrecorded}/top.qcow2')"
+    ]
+
+
+def test_verify_a_chain_that_ends_early_is_one_line(images, capsys):
+    (images / "deep.qcow2").write_bytes(overlay(b"top.qcow2", b"qcow2"))
+    top = DiskLayer("file", path=str(images / "deep.qcow2"), format="qcow2")
+    (images / "d.xml").write_text(to_xml(Disk(DiskChain((top,), ends=True)), "backingstore"))
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert lines == [
+        f"{images}/d.xml: disk vda: chain layer 1: missing-layer: on disk the chain goes on to "
+        f"'{images}/top.qcow2' (and 2 more layers); the XML says it ends"
+    ]
+
+
+def test_verify_reports_a_relative_path(images, capsys):
+    (images / "d.xml").write_text(
+        "<disk type='file'><driver type='qcow2'/><source file='top.qcow2'/><backingStore type='file'>"
+        "<format type='qcow2'/><source file='sub/mid.qcow2'/><backingStore type='file'><format type='raw'/>"
+        "<source file='sub/../base.raw'/><backingStore/></backingStore></backingStore></disk>"
+    )
+    code, lines = verify(capsys, images / "d.xml")
+    assert code == EXIT_FAIL
+    assert [line.split(": ")[3] for line in lines] == ["relative-path"] * 3
+    assert "libvirt resolves it against its own working folder" in lines[0]

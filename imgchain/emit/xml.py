@@ -172,6 +172,8 @@ def _schema_problems(layer: DiskLayer) -> list[str]:
         out.append(f"the snapshot name {net.snapshot!r}")
     if net.config is not None and not _ABS_FILE_PATH.fullmatch(net.config):
         out.append(f"the relative config file {net.config!r}")
+    if net.protocol == "nfs" and net.nfs_user is None and net.nfs_group is None:
+        out.append("an nfs source without <identity> (libvirt drops an empty one)")
     return out
 
 
@@ -194,8 +196,8 @@ def _network_children(parent: ET.Element, net: NetworkSource) -> None:
         _sub(parent, "snapshot", name=net.snapshot)
     if net.config is not None:
         _sub(parent, "config", file=net.config)
-    if net.protocol == "nfs":
-        # libvirt requires one (its user and group are optional).
+    if net.protocol == "nfs" and (net.nfs_user is not None or net.nfs_group is not None):
+        # (libvirt drops an empty one, although its schema requires one)
         _sub(parent, "identity", user=net.nfs_user, group=net.nfs_group)
     if net.ssl_verify is not None:
         _sub(parent, "ssl", verify="yes" if net.ssl_verify else "no")
