@@ -437,7 +437,7 @@ def test_oracle_every_path_qemu_touches_is_a_target(sandbox: Path, name: str, fm
             subprocess.run([*create, str(top), "1M"], check=True, cwd=here)
         else:
             # qemu-img create wants -F; write the overlay with no backing format by hand.
-            from tests.craft import qcow2
+            from craft import qcow2
 
             top.write_bytes(qcow2(backing=name.encode()))
         touched = _touched(sandbox, ["qemu-io", "-r", "-c", "read 0 512", "top.qcow2"])
