@@ -9,9 +9,9 @@ more than a magic number.  Adding a format is one module, one line in
 The probe is qemu's probe (``bdrv_probe_all``): every driver that has a
 probe function scores the first 512 bytes of the file (zero-filled past the
 end of a short one), and the highest score wins; raw scores 1, so a file no
-driver claims is raw.  Ties go to the driver qemu asks first.  Formats qemu
-knows but imgchain does not decode yet are probed by ``foreign`` and refused
-by name rather than called raw.
+driver claims is raw.  Ties go to the driver qemu asks first.  Every driver of
+qemu 7.2 that has a probe takes part (qcow2, qed, qcow, vmdk, vpc, vhdx, vdi,
+luks, parallels, bochs, cloop, and dmg by file name).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from imgchain.errors import UnsupportedFeatureError
 
 from . import qcow2, qed, raw
 from ._base import REFERENCE_KINDS, DecodedImage, NeedBytes, Reference, Window
-from .foreign import sniff_foreign
 
 __all__ = [
     "PROBE_SIZE",
@@ -47,11 +46,50 @@ PROBE_SIZE = 512
 
 #: Every format imgchain decodes: its name and its module (in ``formats/``).
 #: The usual ones are imported with the package, the others when first needed.
-_MODULES = {"qcow2": "qcow2", "qed": "qed", "qcow": "qcow1", "vmdk": "vmdk", "raw": "raw"}
+#: Every format imgchain decodes: its name and its module (in ``formats/``).
+#: The usual ones are imported with the package, the others when first needed.
+_MODULES = {
+    "qcow2": "qcow2",
+    "qed": "qed",
+    "qcow": "qcow1",
+    "vmdk": "vmdk",
+    "vpc": "vpc",
+    "vhdx": "vhdx",
+    "vdi": "vdi",
+    "luks": "luks_raw",
+    "parallels": "parallels",
+    "bochs": "bochs",
+    "cloop": "cloop",
+    "dmg": "dmg",
+    "raw": "raw",
+}
 
 _BY_NAME: dict[str, ModuleType] = {m.NAME: m for m in (qcow2, qed, raw)}
 
 _ZEROS = bytes(PROBE_SIZE)
+
+#: The order in which qemu 7.2 asks its drivers (``bdrv_probe_all`` keeps the
+#: first of equal scores), as far as files that two probes both claim show
+#: it: qed and parallels before vdi; vdi before qcow2, qcow, vpc, vhdx, luks
+#: and vmdk; dmg before cloop.  (No other two probes can claim one file.)
+ORDER = ("qed", "parallels", "vdi", "qcow2", "qcow", "vpc", "vhdx", "luks", "vmdk", "bochs", "dmg", "cloop")
+
+#: The only first bytes of a file each probe can claim (vdi's signature is
+#: at 0x40 and dmg goes by the file's name: those are asked for every file
+#: that has them).
+_FIRST_BYTES = {
+    "qed": b"Q",
+    "parallels": b"W",
+    "qcow2": b"Q",
+    "qcow": b"Q",
+    "vpc": b"c",
+    "vhdx": b"v",
+    "luks": b"L",
+    "vmdk": b"KC# v",  # KDMV, COWD, or '#' comment lines and lines of spaces, then "version="
+    "bochs": b"B",
+    "cloop": b"#",
+}
+_VDI_MAGIC = b"\x7f\x10\xda\xbe"  # at 0x40
 
 
 def _module(name: str) -> ModuleType:
@@ -61,40 +99,38 @@ def _module(name: str) -> ModuleType:
     return module
 
 
-def _lazy(name: str) -> Callable[[bytes], int]:
-    """The probe of format ``name``, its module imported at the first call."""
+def _probe_of(name: str) -> Callable[[bytes, str | None], int]:
+    """Format ``name``'s probe; its module is imported at the first call."""
+    if name in _BY_NAME:
+        module_probe = _BY_NAME[name].probe
+        return lambda head, filename: int(module_probe(head))
 
-    def first_call(head: bytes) -> int:
-        probe: Callable[[bytes], int] = _module(name).probe
-        for first, entries in _PROBES.items():  # from now on, the probe itself
-            _PROBES[first] = tuple((n, probe if n == name else p) for n, p in entries)
-        return probe(head)
+    def first_call(head: bytes, filename: str | None) -> int:
+        module = _module(name)
+        probe = (lambda h, f: int(module.probe(h, f))) if name == "dmg" else (lambda h, f: int(module.probe(h)))
+        _PROBE[name] = probe  # from now on, the probe itself
+        return probe(head, filename)
 
     return first_call
 
 
-#: The probes, first byte of the file -> (format, probe) for the formats that
-#: can only match with that first byte, in the order qemu asks them.  (A
-#: table by first byte keeps the probe one dict look-up for most files.)
-_PROBES: dict[int, tuple[tuple[str, Callable[[bytes], int]], ...]] = {}
-for _name, _probe, _firsts in (
-    ("qcow2", qcow2.probe, b"Q"),
-    ("qcow", _lazy("qcow"), b"Q"),  # the qcow2 magic with version 1
-    ("qed", qed.probe, b"Q"),
-    # KDMV, COWD, or a text descriptor: '#' comment lines and lines of spaces, then "version=".
-    ("vmdk", _lazy("vmdk"), b"KC# v"),
-):
-    for _first in _firsts:
-        _PROBES[_first] = (*_PROBES.get(_first, ()), (_name, _probe))
+_PROBE: dict[str, Callable[[bytes, str | None], int]] = {name: _probe_of(name) for name in ORDER}
+
+#: First byte of the file -> the formats that may claim it, in qemu's order.
+_BY_FIRST: dict[int, tuple[str, ...]] = {}
+for _name in ORDER:
+    for _first in _FIRST_BYTES.get(_name, b""):
+        _BY_FIRST[_first] = (*_BY_FIRST.get(_first, ()), _name)
 
 
 def __getattr__(name: str) -> Any:
     """``REGISTRY`` (every decoder module, raw last) and the lazily imported
-    format modules (``formats.vmdk``)."""
+    format modules (``formats.vmdk``, ``formats.vpc`` ...)."""
     if name == "REGISTRY":
         return tuple(_module(n) for n in _MODULES)
-    if name in ("qcow1", "vmdk"):
-        return _module("qcow" if name == "qcow1" else name)
+    modules = {module: fmt for fmt, module in _MODULES.items()}
+    if name in modules:
+        return _module(modules[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -111,22 +147,31 @@ def by_name(name: str) -> ModuleType:
 
 
 def probe_name(buf: bytes, filename: str | None = None) -> str:
-    """The name of the format qemu would probe a file whose first bytes are
-    ``buf`` as: one of ours, or another format qemu knows (``vpc`` ...).
-    An empty file is raw."""
+    """The name of the format qemu 7.2 would probe a file as, from its first
+    bytes ``buf`` (and, for dmg, its name): the highest score of every
+    driver's probe on the first 512 bytes, zero-filled past the end of a
+    short file; the first asked of equal scores; raw (score 1) when no
+    driver claims more.  An empty file is raw."""
     if not buf:
         return str(raw.NAME)
     head = buf[:PROBE_SIZE]
     if len(head) < PROBE_SIZE:  # qemu's probe buffer is zero-filled past the end of the file
         head += _ZEROS[len(head) :]
-    best, score = "", 0
-    for name, probe in _PROBES.get(head[0], ()):
-        s = probe(head)
+    candidates = _BY_FIRST.get(head[0], ())
+    anywhere = head.startswith(_VDI_MAGIC, 0x40), filename is not None and filename.endswith(".dmg")
+    if anywhere[0] or anywhere[1]:
+        extra = {"vdi"} if anywhere[0] else set()
+        if anywhere[1]:
+            extra.add("dmg")
+        candidates = tuple(n for n in ORDER if n in extra or n in candidates)
+    best, score = str(raw.NAME), 1
+    for name in candidates:
+        s = _PROBE[name](head, filename)
         if s > score:
-            if s >= 100:  # no probe scores more: the first to reach it wins
+            if s >= 100:  # no probe scores more: the first asked to reach it wins
                 return name
             best, score = name, s
-    return sniff_foreign(head, filename) or best or str(raw.NAME)
+    return best
 
 
 def probe(buf: bytes, filename: str | None = None) -> ModuleType:

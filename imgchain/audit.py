@@ -385,7 +385,9 @@ class _Audit:
                 for ref in refs:
                     if ref.kind != "backing":  # (the backing file is the edge, followed by expand)
                         self.side_reference(node, ref, chain)
-        if fmt is not None and image.probed_format != fmt:
+        # (a declared format that decodes, over content that probes as raw, such as a fixed VHD whose
+        # footer is at the end, names no other format's files: a prober would open nothing more)
+        if fmt is not None and image.probed_format not in (fmt, "raw"):
             by = "-f" if via is None else repr(via.path)
             self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node

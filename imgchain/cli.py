@@ -31,7 +31,8 @@ from imgchain import __version__
 from imgchain.errors import ImgChainError, PathError, plain, quoted, shown
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-FORMATS = ("qcow2", "qed", "raw", "vmdk", "qcow")
+#: Every format qemu 7.2 can open an image file as (imgchain decodes them all).
+FORMATS = ("raw", "qcow2", "qed", "qcow", "vmdk", "vpc", "vhdx", "vdi", "luks", "parallels", "bochs", "cloop", "dmg")
 #: The most of a domain XML file that --verify reads.
 _MAX_XML = 16 * 1024 * 1024
 
@@ -66,22 +67,8 @@ def _positive(text: str) -> int:
     return value
 
 
-#: Every format qemu 7.2 can open an image file as, for --formats.
-KNOWN_FORMATS = (
-    "raw",
-    "qcow2",
-    "qed",
-    "qcow",
-    "vmdk",
-    "vpc",
-    "vhdx",
-    "vdi",
-    "luks",
-    "parallels",
-    "bochs",
-    "cloop",
-    "dmg",
-)
+#: The formats --formats may list.
+KNOWN_FORMATS = FORMATS
 
 
 def _format_list(text: str) -> frozenset[str]:

@@ -536,6 +536,40 @@ _QCOW = [
     ),
 ]
 
+_OTHER = [
+    _single("vpc-dynamic", create("d.vpc", "vpc", "10M", None), top="d.vpc"),
+    _single("vpc-force-size", create("d.vpc", "vpc", "10M", "force_size=on"), top="d.vpc"),
+    # a fixed VHD keeps its footer at the end: qemu probes it as raw
+    _single("vpc-fixed-probes-raw", create("d.vpc", "vpc", "10M", "subformat=fixed"), top="d.vpc"),
+    _single(
+        "qcow2-over-fixed-vpc",
+        create("b.vpc", "vpc", "10M", "subformat=fixed,force_size=on"),
+        create("top.qcow2", size=None, backing="b.vpc", backing_fmt="vpc"),
+        top="top.qcow2",
+    ),
+    _single("vhdx-default", create("d.vhdx", "vhdx", "10M", None), top="d.vhdx"),
+    _single("vhdx-block-1M", create("d.vhdx", "vhdx", "10M", "block_size=1M"), top="d.vhdx"),
+    _single("vhdx-block-64M-log-4M", create("d.vhdx", "vhdx", "100M", "block_size=64M,log_size=4M"), top="d.vhdx"),
+    _single("vhdx-fixed", create("d.vhdx", "vhdx", "10M", "subformat=fixed"), top="d.vhdx"),
+    _single("vdi-dynamic", create("d.vdi", "vdi", "10M", None), top="d.vdi"),
+    _single("vdi-static", create("d.vdi", "vdi", "10M", "static=on"), top="d.vdi"),
+    *(
+        _single(f"parallels-{c}", create("d.parallels", "parallels", "10M", f"cluster_size={c}"), top="d.parallels")
+        for c in ("4k", "64k", "1M")
+    ),
+    _single(
+        "luks",
+        create("d.luks", "luks", "1M", "key-secret=s0,iter-time=10", extra=("--object", "secret,id=s0,data=abc")),
+        top="d.luks",
+    ),
+    _single(
+        "qcow2-over-vhdx",
+        create("base.vhdx", "vhdx", "10M", None),
+        create("mid.qcow2", size=None, backing="base.vhdx", backing_fmt="vhdx"),
+        top="mid.qcow2",
+    ),
+]
+
 _CHAINS = [
     _single(
         "chain-qcow2-raw",
@@ -665,7 +699,7 @@ _CHAINS = [
 ]
 
 #: Every case, in a stable order.
-CASES: list[Case] = [*_RAW, *_QCOW2, *_QCOW2_QEMU_LIMITS, *_QED, *_VMDK, *_QCOW, *_CHAINS]
+CASES: list[Case] = [*_RAW, *_QCOW2, *_QCOW2_QEMU_LIMITS, *_QED, *_VMDK, *_QCOW, *_OTHER, *_CHAINS]
 
 
 # qemu's PBKDF2 benchmark (run for every LUKS create, whatever iter-time says)

@@ -65,7 +65,7 @@ def one_line_error(err: str) -> str:
         ("info", "--output=xml", "x"),
         ("info", "--max-depth", "0", "x"),
         ("info", "--max-depth", "many", "x"),
-        ("info", "-f", "vpc", "x"),  # (a format imgchain does not decode yet)
+        ("info", "-f", "nope", "x"),
         ("frobnicate",),
         (),
     ],

@@ -89,11 +89,35 @@ def test_empty_file_probes_as_raw():
         (b"conectix", "vpc"),
         (b"vhdxfile", "vhdx"),
         (b"LUKS\xba\xbe\0\1", "luks"),
+        (b"WithoutFreeSpace\2\0\0\0", "parallels"),
+        (b"WithouFreSpacExt\2\0\0\0", "parallels"),
     ],
 )
-def test_formats_qemu_knows_are_refused_not_called_raw(head, name):
+def test_every_format_qemu_probes_is_its_own_not_raw(head, name):
+    """A header of each format qemu knows is decoded as that format (these
+    bare ones are refused by its rules), never called raw."""
+    assert formats.probe_name(head + b"\0" * 100) == name
     with pytest.raises(FormatError, match=name):
-        formats.probe(head + b"\0" * 100)
+        formats.probe(head + b"\0" * 100).decode(head + b"\0" * 100)
+
+
+def test_near_misses_are_raw_as_in_qemu():
+    assert formats.probe_name(b"LUKS\xba\xbe\0\2" + bytes(600)) == "raw"  # LUKS2: raw to qemu 7.2
+    assert formats.probe_name(b"WithoutFreeSpace\3\0\0\0" + bytes(600)) == "raw"  # parallels version 3
+    assert formats.probe_name(b"Bochs Virtual HD Image\0" + bytes(600)) == "raw"  # bochs needs type and version
+    # cloop's old preamble (offset=32) is not the one qemu 7.2 looks for
+    assert formats.probe_name(b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$IMAGE offset=32\n" + bytes(600)) == "raw"
+
+
+def test_ties_go_to_the_driver_qemu_asks_first():
+    """A qcow2 header whose snapshots_offset spells the VDI signature at
+    0x40 probes as vdi in qemu 7.2 (and is refused there)."""
+    head = bytearray(craft.qcow2())
+    head[0x40:0x44] = b"\x7f\x10\xda\xbe"
+    assert formats.probe_name(bytes(head)) == "vdi"
+    qed_head = bytearray(craft.qed())
+    qed_head[0x40:0x44] = b"\x7f\x10\xda\xbe"
+    assert formats.probe_name(bytes(qed_head)) == "qed"
 
 
 @pytest.mark.parametrize(
@@ -117,8 +141,8 @@ def test_the_probe_scores_as_qemu_does(head, name):
 
 
 def test_dmg_goes_by_name_as_in_qemu():
-    with pytest.raises(FormatError, match="dmg"):
-        formats.probe(b"\0" * 512, "disk.dmg")
+    assert formats.probe_name(b"\0" * 512, "disk.dmg") == "dmg"
+    assert formats.probe_name(b"\0" * 512, ".dmg") == "raw"  # (qemu wants a name longer than ".dmg")
     assert formats.probe(b"\0" * 512, "disk.img") is formats.raw
 
 

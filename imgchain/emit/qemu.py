@@ -37,9 +37,15 @@ def image_info(layer: Layer) -> JSON:
     info: JSON = {"filename": layer.filename, "format": image.format}
     # qemu reports QED's need-check bit as dirty-flag false; it reads the
     # qcow2 dirty bit (a version 3 field) as it is.
-    supported = getattr(d, "info_supported", True)  # (vmdk: only when all extents are alike)
-    if supported:
-        info["dirty-flag"] = d.dirty if isinstance(d, qcow2.Qcow2Image) else False
+    # qemu-img prints dirty-flag only where the driver answers bdrv_get_info
+    # (vmdk: only when all its extents are alike); the other formats' records
+    # say so by info_dirty_flag (None: not printed).
+    if isinstance(d, qcow2.Qcow2Image):
+        info["dirty-flag"] = d.dirty
+    elif getattr(d, "info_supported", True):
+        dirty = getattr(d, "info_dirty_flag", False)
+        if dirty is not None:
+            info["dirty-flag"] = dirty
     info["actual-size"] = image.allocated
     info["virtual-size"] = d.virtual_size
     if d.cluster_size:
@@ -59,6 +65,8 @@ def image_info(layer: Layer) -> JSON:
         info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(d, image.bitmaps, image.luks)}
     elif image.format == "vmdk":
         info["format-specific"] = {"type": "vmdk", "data": _vmdk_specific(layer.filename, d)}
+    elif image.format == "luks":
+        info["format-specific"] = {"type": "luks", "data": _luks(d.luks)}
     return info
 
 
