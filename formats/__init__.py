@@ -107,7 +107,10 @@ def _probe_of(name: str) -> Callable[[bytes, str | None], int]:
 
     def first_call(head: bytes, filename: str | None) -> int:
         module = _module(name)
-        probe = (lambda h, f: int(module.probe(h, f))) if name == "dmg" else (lambda h, f: int(module.probe(h)))
+
+        def probe(h: bytes, f: str | None) -> int:
+            return int(module.probe(h, f) if name == "dmg" else module.probe(h))
+
         _PROBE[name] = probe  # from now on, the probe itself
         return probe(head, filename)
 

