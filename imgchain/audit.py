@@ -32,6 +32,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 from imgchain.chain import MAX_DEPTH
@@ -75,14 +76,23 @@ class AuditReport:
         return max((f.severity for f in self.findings), default=None)
 
 
-def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, bool]]:
+def discover(
+    paths: Iterable[str], unreadable: list[tuple[str, str]] | None = None, exclude: Iterable[str] = ()
+) -> Iterator[tuple[str, bool]]:
     """The files to audit, as (path, is a symlink): each named file, and
     every file under each named directory (sorted, depth first; symlinks are
     yielded, not followed, and left to the caller's root check).  A path that
     cannot be read (named, or a folder below a named one), or a named path
     that is no file, device or folder, is added to ``unreadable`` as (path,
     reason) and the walk goes on; without ``unreadable``, a named one raises
-    PathError."""
+    PathError.
+
+    ``exclude``: glob patterns (``fnmatch``, where ``*`` also matches ``/``).
+    A file or folder under a named directory is left out (a folder is not
+    walked) when its path relative to that directory matches one, or, for a
+    pattern without ``/``, when its own name does.  Named paths are never
+    left out."""
+    patterns = tuple(exclude)
     for path in paths:
         try:
             st = os.stat(path)
@@ -92,7 +102,7 @@ def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = No
             unreadable.append((path, exc.strerror or str(exc)))
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(path, unreadable)
+            yield from _walk_dir(path, unreadable, patterns)
         elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
             yield path, False
         else:
@@ -102,10 +112,16 @@ def discover(paths: Iterable[str], unreadable: list[tuple[str, str]] | None = No
             unreadable.append((path, why))
 
 
-def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tuple[str, bool]]:
-    stack = [top]
+def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(relative, p) or ("/" not in p and fnmatchcase(name, p)) for p in patterns)
+
+
+def _walk_dir(
+    top: str, unreadable: list[tuple[str, str]] | None, exclude: tuple[str, ...] = ()
+) -> Iterator[tuple[str, bool]]:
+    stack = [(top, "")]  # (folder, its path relative to top, with a trailing /)
     while stack:
-        folder = stack.pop()
+        folder, relative = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -117,13 +133,15 @@ def _walk_dir(top: str, unreadable: list[tuple[str, str]] | None) -> Iterator[tu
             continue
         subfolders = []
         for entry in entries:
+            if exclude and _excluded(relative + entry.name, entry.name, exclude):
+                continue
             try:
                 if entry.is_symlink():
                     yield entry.path, True
                 elif entry.is_file(follow_symlinks=False):
                     yield entry.path, False
                 elif entry.is_dir(follow_symlinks=False):
-                    subfolders.append(entry.path)
+                    subfolders.append((entry.path, relative + entry.name + "/"))
             except OSError:
                 continue  # vanished while we looked
         stack.extend(reversed(subfolders))
@@ -341,6 +359,14 @@ class _Audit:
             image = read_image(path, fmt, tables=False, info=info)
         except FormatError as exc:
             node.probed_format, node.format_source = exc.probed_format, None
+            if exc.opens and exc.probed_format == (fmt or exc.probed_format):
+                # qemu refuses the image, but what its header names is still opened by qemu before it
+                # refuses it (vmdk extents), or by other hypervisors (a VHDX's parent locators)
+                if self.standalone:
+                    self.not_standalone(node, exc.opens, chain)
+                else:
+                    for ref in exc.opens:
+                        self.side_reference(node, ref, chain)
             if fmt is None and via is None and exc.probed_format == "vmdk" and self.extent_of_another(path, info):
                 # A sparse extent of a vmdk (qemu cannot open it alone): reported only if no image names it.
                 node.format = "vmdk"
@@ -443,6 +469,9 @@ class _Audit:
         vmdk extent ...): everything qemu would open for it is held to the
         roots; nothing is opened."""
         word = KIND_WORDS.get(ref.kind, ref.kind)
+        if ref.kind == "parent-locator":
+            self.parent_locator(node, ref.name, (*chain, ref.name))
+            return
         model = self.model(node, ref.name, ref.format, (*chain, ref.name), word)
         if model is None:
             return
@@ -457,6 +486,27 @@ class _Audit:
             what = "; ".join(model.network)
             message = f"{word} {ref.name!r} is a network source ({what}), which cannot be verified offline"
             self.add(finding("backing-network", node.path, (*chain, ref.name), message, target=ref.name))
+
+    def parent_locator(self, node: ImageEntry, name: str, chain: tuple[str, ...]) -> None:
+        """A VHD or VHDX differencing disk's parent locator: qemu ignores or
+        refuses it, but Hyper-V and VirtualBox open the file it names.  A
+        Windows path is read as Windows reads it: a relative one (``..\\b.vhd``)
+        from the image's folder, a drive path (``C:\\...``) outside every
+        root; a ``file://`` URL as its path."""
+        path: str | None = name
+        if name.startswith("file://"):
+            rest = name[len("file://") :]
+            path = rest[rest.find("/") :] if "/" in rest else None
+        elif (len(name) >= 2 and name[1] == ":") or name.startswith("\\\\"):
+            path = None  # a drive letter or a UNC share: a Windows host's file
+        else:
+            path = name.replace("\\", "/")
+        if path is None:
+            message = f"parent locator {name!r} names a Windows host's file, which no root can hold"
+            self.add(finding("backing-outside-root", node.path, chain, message, target=name), node.path, name)
+            return
+        target = Target("file", path, "", "image", False, None, "overlay", False)
+        self.hold(node, target, name, "parent locator", chain, cwd=False, open_images=False, kind="parent-locator")
 
     def model(
         self, node: ImageEntry, name: str, recorded: str | None, chain: tuple[str, ...], word: str
@@ -717,6 +767,7 @@ def audit(
     max_depth: int = MAX_DEPTH,
     standalone: bool = False,
     formats: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
     on_image: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Audit every image under ``paths``.  ``fmt`` declares the format of
@@ -727,7 +778,10 @@ def audit(
     roots are the named folders and the folders of the named files: the
     audit fails closed.  ``standalone``: each image must stand alone (the
     upload policy), so any file it names is an error and none is followed.
-    ``formats``: the formats allowed (None: all).  ``on_image(done, total)``
+    ``formats``: the formats allowed (None: all).  ``exclude``: glob
+    patterns of files and folders to leave out of the walk of each named
+    folder (see :func:`discover`); a file left out is still read when a chain
+    names it.  ``on_image(done, total)``
     is called as the named images are read (for a progress display; the
     files are then listed first, to know the total).
     """
@@ -752,7 +806,7 @@ def audit(
             run.add(error_finding(exc, path, None, (path,)), path, path)
         else:
             inside.append(path)
-    found: Iterable[tuple[str, bool]] = discover(inside, unreadable)
+    found: Iterable[tuple[str, bool]] = discover(inside, unreadable, exclude)
     total = 0
     if on_image is not None:
         found = list(found)

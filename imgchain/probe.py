@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from imgchain import formats
@@ -31,6 +32,7 @@ from imgchain.errors import (
     ChainError,
     FormatError,
     ImageAccessError,
+    ImgChainError,
     NotRegularFileError,
     TruncatedError,
 )
@@ -391,6 +393,7 @@ def read_image(
                 decoded = reader.fill(module.decode, win, module.NAME)
         except FormatError as exc:
             exc.probed_format = probed
+            _opens(exc, module, reader, win)
             raise
         content: formats.DecodedImage | FormatError | None = None
         if probed != module.NAME and probed in _DECODED_WHEN_DIFFERENT:
@@ -400,10 +403,7 @@ def read_image(
                 content = reader.fill(prober.decode, win, probed)
             except FormatError as exc:
                 content = exc
-                opens = getattr(prober, "files_opened", None)  # what qemu opens before it refuses the file
-                if opens is not None:
-                    with contextlib.suppress(FormatError):
-                        exc.opens = reader.fill(opens, win, probed)
+                _opens(exc, prober, reader, win)
         signatures: tuple[polyglot.Signature, ...] = ()
         scan = polyglot.plan(decoded, size)
         if scan is not None:
@@ -458,6 +458,16 @@ def read_image(
         signatures,
         extent_files,
     )
+
+
+def _opens(exc: FormatError, module: ModuleType, reader: _Reader, win: Window) -> None:
+    """What a file that does not decode as ``module`` still names: the files
+    qemu opens before it refuses it (a vmdk's extents), or that other
+    hypervisors open (a VHDX's parent locators), in ``exc.opens``."""
+    named = getattr(module, "files_opened", None) or getattr(module, "named_files", None)
+    if named is not None:
+        with contextlib.suppress(ImgChainError):
+            exc.opens = reader.fill(named, win, module.NAME)
 
 
 def _read_extents(path: str, image: vmdk.VmdkImage) -> tuple[vmdk.VmdkImage, tuple[FileInfo, ...]]:

@@ -318,7 +318,7 @@ def test_backing_graph_of_a_store(store, capsys):
     assert images["./vm1/mid.qcow2"]["dependents"] == ["./vm1/top.qcow2"]
     assert images["./bases/unused.raw"]["dependents"] == []
     assert [(f["code"], f["image"]) for f in doc["findings"]] == [("backing-missing", "./vm3/orphan.qcow2")]
-    assert main(["audit", "."]) == EXIT_FAIL
+    assert main(["audit", "--graph", "tree", "."]) == EXIT_FAIL
     text = capsys.readouterr().out
     assert (
         "  ./bases/base.raw\n  ├─ ./vm1/mid.qcow2\n  │  └─ ./vm1/top.qcow2\n  └─ ./vm2/disk.qcow2\n"
@@ -567,7 +567,7 @@ def test_graph_draws_loops(store, capsys):
     put(store / "a.qcow2", qcow2_naming("b.qcow2", "qcow2"))
     put(store / "b.qcow2", qcow2_naming("a.qcow2", "qcow2"))
     put(store / "c.qcow2", qcow2_naming("a.qcow2", "qcow2"))
-    main(["audit", "."])
+    main(["audit", "--graph=tree", "."])
     out = capsys.readouterr().out
     graph = out[out.index("Backing graph") :]
     for name in ("./a.qcow2", "./b.qcow2", "./c.qcow2"):
@@ -1150,3 +1150,42 @@ def test_qcow_v1_records_no_backing_format(store):
     report = audit(["top.qcow"], roots=["/"])
     f = only(report, "backing-format-unrecorded")
     assert f.severity is Severity.ERROR
+
+
+# -- parent locators: qemu ignores them, Hyper-V and VirtualBox follow them ------------------------------
+
+
+def test_vhd_parent_locators_are_held_to_the_roots(store, tmp_path):
+    import test_vpc
+
+    data = test_vpc._differencing(test_vpc._dynamic(tmp_path))
+    put(store / "r/sub/diff.vhd", data)
+    put(store / "r/base.vhd", b"\0" * 512)
+    report = audit(["r/sub"], roots=["r"])
+    found = {(f.code, f.details["target"]) for f in report.findings}
+    # ..\base.vhd from r/sub is r/base.vhd (inside); C:\vms\base.vhd is a Windows host's file;
+    # file://localhost/vms/base.vhd is /vms/base.vhd (outside)
+    assert found == {
+        ("backing-outside-root", "C:\\vms\\base.vhd"),
+        ("backing-outside-root", "/vms/base.vhd"),
+    }, report.findings
+    standalone = audit(["r/sub/diff.vhd"], standalone=True)
+    assert {f.details["kind"] for f in standalone.findings if f.code == "not-standalone"} == {"parent-locator"}
+
+
+def test_a_raw_disk_named_dmg_is_flagged(store):
+    """qemu probes any file whose name ends in .dmg as dmg (by name alone) and
+    refuses a raw disk so named: a trap for any host that probes."""
+    put(store / "disk.dmg", b"\0" * 65536)
+    f = only(audit(["disk.dmg"]), "malformed-header")
+    assert f.message.startswith("dmg:")
+    put(store / "disk.img", b"\0" * 65536)
+    assert audit(["disk.img"]).findings == []
+
+
+def test_raw_declared_disks_holding_any_format_qemu_probes(store):
+    import test_vpc
+
+    put(store / "a.img", test_vpc._dynamic(store))
+    f = only(audit(["a.img"], "raw"), "format-probe-mismatch")
+    assert f.details["content"] == "vpc"
