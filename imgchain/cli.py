@@ -57,6 +57,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"imgchain: usage: {_line(message)} (see '{self.prog} --help')\n")
 
 
+class _CommandParser(_Parser):
+    """A subcommand's parser: arguments it does not take (``imgchain info a
+    b``) are its usage error, pointing to its own help (argparse would leave
+    them to the top-level parser, whose help does not describe them)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
+def _nonempty(what: str) -> Any:
+    """An argument type: the text as it is, but the empty string (``''``,
+    an unset shell variable) is a usage error that names what is missing."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"an empty {what}")
+        return text
+
+    check.__name__ = what  # (argparse names the type in some messages)
+    return check
+
+
+_PATH = _nonempty("path")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -84,7 +114,7 @@ def _format_list(text: str) -> frozenset[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="imgchain", description="Offline disk image prober and backing-chain resolver.")
     parser.add_argument("--version", action="version", version=f"imgchain {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     info = sub.add_parser(
         "info",
@@ -92,12 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print what `qemu-img info` 7.2 prints for IMAGE (and, with --backing-chain, its backing files).",
     )
     info.add_argument("-f", "--format", choices=FORMATS, help="the top image's format (default: probe it)")
-    info.add_argument("--backing-chain", action="store_true", help="follow the backing chain and print every layer")
+    info.add_argument(
+        "--backing-chain",
+        action="store_true",
+        help="follow the backing chain and print every layer (default: the top image only)",
+    )
     info.add_argument(
         "--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have (default 200)"
     )
     info.add_argument("--output", choices=("human", "json"), default="human", help="output format (default human)")
-    info.add_argument("image", metavar="IMAGE")
+    info.add_argument("image", metavar="IMAGE", type=_PATH)
     info.set_defaults(run=_run_info)
 
     xml = sub.add_parser(
@@ -111,22 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout",
         choices=("nested", "flat", "list", "backingstore"),
         default=None,
-        help="nested <backingFile> (the RFC's first layout, default), flat <backing> (its second), "
-        "list (the proof of concept in the RFC's thread), or <backingStore>, the one libvirt reads",
+        help="nested <backingFile> (the RFC's first layout), flat <backing> (its second), "
+        "list (the proof of concept in the RFC's thread), or <backingStore>, the one libvirt reads "
+        "(default nested)",
     )
     xml.add_argument(
         "--allow-probed",
         action="store_true",
         help="write a backing format that was probed, not recorded, where libvirt would refuse to probe it "
-        "(with a warning); without it, such a chain is refused",
+        "(with a warning; default: such a chain is refused)",
     )
-    xml.add_argument("--mirror", metavar="IMAGE", help="a mirror of the disk, with its own chain")
+    xml.add_argument(
+        "--mirror", metavar="IMAGE", type=_PATH, help="a mirror of the disk, with its own chain (default: none)"
+    )
     xml.add_argument("--mirror-format", choices=FORMATS, help="the mirror's format (default: probe it)")
-    xml.add_argument("--target", default="vda", metavar="DEV", help="target device (default vda)")
-    xml.add_argument("--bus", default="virtio", help="target bus (default virtio)")
-    xml.add_argument("--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have")
-    xml.add_argument("--verify", metavar="DOMAIN.xml", help="check a domain's (or a <disk>'s) XML against the disks")
-    xml.add_argument("image", metavar="IMAGE", nargs="?")
+    xml.add_argument(
+        "--target", default="vda", metavar="DEV", type=_nonempty("target device"), help="target device (default vda)"
+    )
+    xml.add_argument("--bus", default="virtio", type=_nonempty("bus"), help="target bus (default virtio)")
+    xml.add_argument(
+        "--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have (default 200)"
+    )
+    xml.add_argument(
+        "--verify",
+        metavar="DOMAIN.xml",
+        type=_PATH,
+        help="check a domain's (or a <disk>'s) XML against the disks (default: print the XML of IMAGE)",
+    )
+    xml.add_argument("image", metavar="IMAGE", nargs="?", type=_PATH)
     xml.set_defaults(run=_run_xml)
 
     aud = sub.add_parser(
@@ -137,19 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 when no finding reaches --fail-on, 1 when one does (a PATH that cannot be read is an "
         "image-unreadable finding), 2 for usage.",
     )
-    aud.add_argument("-f", "--format", choices=FORMATS, help="declare the format of the named images")
+    aud.add_argument(
+        "-f", "--format", choices=FORMATS, help="declare the format of the named images (default: probe each)"
+    )
     aud.add_argument(
         "--root",
         action="append",
         default=[],
         metavar="DIR",
-        help="a directory images, backing files and data files may live in (repeatable); nothing outside is opened",
+        type=_PATH,
+        help="a directory images, backing files and data files may live in (repeatable); nothing outside is "
+        "opened (default: the folders named, and the folder of each file named)",
+    )
+    aud.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        type=_nonempty("pattern"),
+        help="leave out of the walk of a named folder the files, and the folders (not walked), whose path "
+        "relative to that folder matches GLOB (fnmatch: * also matches /), or, for a GLOB without /, whose "
+        "name does (repeatable; e.g. '*.iso'); an excluded file that an image's chain names is still followed, "
+        "and a file named on the command line is never excluded (default: none)",
     )
     aud.add_argument(
         "--standalone",
         action="store_true",
         help="the upload policy: each image must stand alone; a backing file, data file or any other file an "
-        "image names is an error (and is not followed)",
+        "image names is an error (and is not followed) (default: backing chains are followed)",
     )
     aud.add_argument(
         "--formats",
@@ -158,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FMT,...",
         help=f"the formats allowed; any other is an error (default: all; known: {','.join(KNOWN_FORMATS)})",
     )
-    aud.add_argument("--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have")
+    aud.add_argument(
+        "--max-depth", type=_positive, default=None, metavar="N", help="most layers a chain may have (default 200)"
+    )
     aud.add_argument(
         "--fail-on",
-        choices=("info", "warning", "error"),
+        choices=("warning", "error"),
         default="warning",
         help="the least severity that makes the exit status 1 (default warning)",
     )
@@ -169,9 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         choices=("human", "json", "jsonl"),
         default="human",
-        help="human (default), one JSON document, or JSON lines: one object per image",
+        help="human: findings and a short summary; json: one JSON document; jsonl: JSON lines, one object per "
+        "image (default human; the JSON is described by imgchain/schema/*.schema.json)",
     )
-    aud.add_argument("paths", metavar="PATH", nargs="+")
+    aud.add_argument(
+        "--graph",
+        choices=("tree", "dot"),
+        default=None,
+        help="the backing graph: tree draws it in the human output, before the summary; dot prints it in "
+        "Graphviz's DOT instead of the report (pipe it to 'dot -Tsvg'); human output only (default: none)",
+    )
+    aud.add_argument("paths", metavar="PATH", nargs="+", type=_PATH)
     aud.set_defaults(run=_run_audit)
     return parser
 
@@ -323,6 +394,11 @@ def _run_audit(args: argparse.Namespace) -> int:
     from imgchain.emit import audit as out
     from imgchain.policy import Severity
 
+    if args.graph is not None and args.output != "human":
+        raise _UsageError(
+            f"--graph is for the human output, not --output {args.output} (the JSON has the graph as each "
+            "image's dependents)"
+        )
     for root in args.root:
         if not os.path.isdir(root):
             raise _UsageError(f"--root {root!r} is not a directory")
@@ -335,6 +411,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             max_depth=args.max_depth or MAX_DEPTH,
             standalone=args.standalone,
             formats=args.formats,
+            exclude=args.exclude,
             on_image=progress,
         )
     finally:
@@ -344,10 +421,21 @@ def _run_audit(args: argparse.Namespace) -> int:
         _write_all(line + "\n" for line in out.json_lines(report))
     elif args.output == "json":
         _write_all(out.json_chunks(report))
+    elif args.graph == "dot":
+        _write_all(_line(line) + "\n" for line in out.dot_lines(report))
     else:
-        _write_all(_line(line) + "\n" for line in out.human_lines(report))
+        _write_all(_line(line) + "\n" for line in out.human_lines(report, args.graph))
     worst = report.worst()
-    return EXIT_FAIL if worst is not None and worst >= Severity[args.fail_on.upper()] else EXIT_OK
+    failed = worst is not None and worst >= Severity[args.fail_on.upper()]
+    if failed and args.graph == "dot":  # (the picture colours the images; say why the exit status is 1)
+        counts = [f.severity for f in report.findings]
+        errors, warnings = counts.count(Severity.ERROR), counts.count(Severity.WARNING)
+        print(
+            f"imgchain: audit: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} "
+            "(coloured in the graph; run without --graph dot for the findings)",
+            file=sys.stderr,
+        )
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 class _Progress:

@@ -1,24 +1,45 @@
-"""The audit report as text for people, JSON, and JSON lines.
+"""The audit report as text for people, JSON, JSON lines, and the backing
+graph as a tree of text or as Graphviz DOT.
 
 Names come from file systems and headers: any bytes.  In the text, a name
 that is not plain printable text is quoted and escaped (``errors.shown``),
 so that every line is the emitter's.  In JSON (always valid UTF-8), a name
 that is not UTF-8 is given with U+FFFD for its undecodable bytes, and its
 exact bytes in hexadecimal in a field of the same name with ``_hex`` added
-(for a list of names, a list of the same length).
+(for a list of names, a list of the same length).  The JSON is described by
+the JSON Schemas in ``imgchain/schema/``.  In DOT, a node's id is its path,
+escaped so that any bytes make one valid, distinct quoted id (see
+:func:`dot_id`).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from imgchain.audit import AuditReport, ImageEntry
-from imgchain.errors import quoted, shown
+from imgchain.errors import plain, quoted, shown
 from imgchain.policy import Finding, Severity
 
-__all__ = ["finding_dict", "human", "human_lines", "image_dict", "json_chunks", "json_lines", "to_json"]
+__all__ = [
+    "GRAPHS",
+    "dot",
+    "dot_id",
+    "dot_lines",
+    "finding_dict",
+    "human",
+    "human_lines",
+    "image_dict",
+    "json_chunks",
+    "json_lines",
+    "summary_lines",
+    "to_json",
+]
+
+#: The drawings of the backing graph that ``--graph`` offers.
+GRAPHS = ("tree", "dot")
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
@@ -220,13 +241,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def human(report: AuditReport) -> str:
-    return "".join(line + "\n" for line in human_lines(report))
+def human(report: AuditReport, graph: str | None = None) -> str:
+    return "".join(line + "\n" for line in human_lines(report, graph))
 
 
-def human_lines(report: AuditReport) -> Iterator[str]:
+def human_lines(report: AuditReport, graph: str | None = None) -> Iterator[str]:
     """The report for people, a line at a time: findings by image, worst
-    first; the backing graph; a count."""
+    first; with ``graph="tree"``, the backing graph drawn as a tree; then a
+    summary of a few lines (:func:`summary_lines`)."""
     lines: list[str] = []
     by_image: dict[str, list[Finding]] = {}
     for f in report.findings:
@@ -241,11 +263,194 @@ def human_lines(report: AuditReport) -> Iterator[str]:
                 lines.append(f"  {'':8} chain: {_chain(f.chain)}")
         lines.append("")
     yield from lines
-    yield f"Backing graph ({_count(len(report.images), 'image')}):"
-    yield from _tree(report)
-    counts = {s: sum(1 for f in report.findings if f.severity is s) for s in Severity}
-    yield ""
+    if graph == "tree":
+        yield f"Backing graph ({_count(len(report.images), 'image')}):"
+        yield from _tree(report)
+        yield ""
+    elif graph is not None:
+        raise ValueError(f"no such text drawing of the graph: {graph!r}")
+    yield from summary_lines(report)
+
+
+#: The images named in the summary's line of images that nothing depends on.
+_SUMMARY_NAMES = 3
+
+
+def summary_lines(report: AuditReport) -> Iterator[str]:
+    """At most four lines, whatever the size of the store: the images by
+    format; the chains (an image that nothing depends on, with its backing
+    files), the backing links and the deepest chain; the images that
+    nothing depends on (a few named); the findings by severity."""
+    images = report.images
+    formats = Counter(e.format or "unreadable" for e in images)
+    by_count = sorted(formats.items(), key=lambda item: (-item[1], item[0]))
+    yield "formats: " + (", ".join(f"{n} {fmt}" for fmt, n in by_count) or "none")
+    links = sum(1 for e in images if e.backing_name is not None)
+    tops = [e for e in images if not e.dependents]
+    if links:
+        layers, top = _deepest(report)
+        chains = sum(1 for e in tops if e.backing_name is not None)
+        deepest = f"; the deepest has {_count(layers, 'layer')}: {shown(top.path)}" if top is not None else ""
+        yield f"chains: {chains} ({_count(links, 'backing link')}){deepest}"
+        named = ", ".join(shown(e.path) for e in tops[:_SUMMARY_NAMES])
+        more = f" and {len(tops) - _SUMMARY_NAMES} more" if len(tops) > _SUMMARY_NAMES else ""
+        yield f"nothing depends on {_count(len(tops), 'image')}" + (f": {named}{more}" if tops else "")
+    elif images:
+        yield "chains: none (no image has a backing file)"
+    counts = Counter(f.severity for f in report.findings)
+    notes = f", {_count(counts[Severity.INFO], 'note')}" if counts[Severity.INFO] else ""
     yield (
-        f"{_count(len(report.images), 'image')}; {_count(counts[Severity.ERROR], 'error')}, "
-        f"{_count(counts[Severity.WARNING], 'warning')}, {_count(counts[Severity.INFO], 'note')}"
+        f"{_count(len(images), 'image')}; {_count(counts[Severity.ERROR], 'error')}, "
+        f"{_count(counts[Severity.WARNING], 'warning')}{notes}"
     )
+
+
+def _deepest(report: AuditReport) -> tuple[int, ImageEntry | None]:
+    """The most layers in a chain of the report (images of the report only:
+    a missing base is no layer), and the top of the first such chain.  Each
+    image is visited once, from the images that are no overlay of another
+    (images on a loop have no such base, and are left out)."""
+    best, top = 0, None
+    for root in report.images:
+        if root.is_overlay:
+            continue
+        stack = [(root, 1)]
+        while stack:
+            entry, layers = stack.pop()
+            children = entry.dependent_entries
+            if not children and (layers > best or (layers == best and top is not None and entry.path < top.path)):
+                best, top = layers, entry
+            stack.extend((child, layers + 1) for child in children)
+    return best, top
+
+
+# -- Graphviz DOT --------------------------------------------------------------------------------
+
+
+def dot_id(name: str) -> str:
+    """``name`` as a quoted DOT id: one line of printable text, distinct for
+    distinct names.  DOT keeps every backslash of a quoted string but the
+    one before a quote, so: a quote is written ``\\"``; and a backslash,
+    and each character that is not plain printable text (a control
+    character, a newline, a format character, a byte that is not UTF-8), is
+    written as its UTF-8 bytes (or the byte itself), ``\\xNN`` each.  A
+    backslash in an id therefore always starts ``\\xNN``, and the id can be
+    read back to the exact bytes; and no backslash ever comes before the
+    closing quote."""
+    if plain(name) and '"' not in name and "\\" not in name:
+        return f'"{name}"'
+    out = []
+    for c in name:
+        if c == '"':
+            out.append('\\"')
+        elif c != "\\" and plain(c):
+            out.append(c)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in _raw(c)))
+    return '"' + "".join(out) + '"'
+
+
+def _dot_text(lines: list[str]) -> str:
+    """Text for a DOT label or tooltip (Graphviz's escString: ``\\n`` ends a
+    line, ``\\\\`` is a backslash), each line already printable text."""
+    return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in lines) + '"'
+
+
+#: Fill and border colours of an image's node by its worst finding.
+_DOT_COLOURS = {
+    Severity.ERROR: 'fillcolor="#f8d0d0", color="#b00020", penwidth=2',
+    Severity.WARNING: 'fillcolor="#fff0b3", color="#b8860b", penwidth=2',
+    Severity.INFO: 'fillcolor="#dde8ff", color="#3060c0"',
+}
+
+#: The nodes that stand for what a backing name names where it is no image
+#: of the report: (the finding on the overlay that says why, the first
+#: line of the node's label, its shape and style).
+_DOT_ENDS = {
+    "backing-network": ("network source", 'shape=hexagon, style=dashed, color="#3060c0"'),
+    "backing-missing": ("missing", 'shape=box, style=dashed, color="#b00020"'),
+    "backing-outside-root": ("outside every root, not opened", 'shape=octagon, style=dashed, color="#b00020"'),
+    "backing-not-regular": ("not a regular file, not opened", 'shape=octagon, style=dashed, color="#b00020"'),
+    "backing-name-invalid": ("a name that cannot be parsed", 'shape=octagon, style=dashed, color="#b00020"'),
+    "backing-loop": ("not opened (its links loop)", 'shape=octagon, style=dashed, color="#b00020"'),
+    "not-standalone": ("not followed (--standalone)", "shape=octagon, style=dotted"),
+}
+_DOT_NOT_READ = ("not read", "shape=octagon, style=dotted")
+_DOT_TOO_DEEP = ("not read (past --max-depth)", "shape=octagon, style=dotted")
+
+
+def dot(report: AuditReport) -> str:
+    return "".join(line + "\n" for line in dot_lines(report))
+
+
+def dot_lines(report: AuditReport) -> Iterator[str]:
+    """The backing graph in Graphviz's DOT, a line at a time (``dot -Tsvg``
+    draws it).  Every image is a node whose id is its path, labelled with
+    its path and format, filled by its worst finding (red for an error,
+    yellow for a warning; its findings in the tooltip).  Every backing link
+    is one edge, from the overlay to its base.  Where the base is no image
+    of the report, the edge goes to a node of its own kind, one per name:
+    a network source (a dashed hexagon), a missing file (a dashed box), a
+    file not opened (outside the roots, not a regular file, a name that
+    cannot be parsed: a dashed octagon), or not read (past --max-depth,
+    not followed under --standalone: a dotted octagon).  A place with
+    findings that is no image (a folder or file that could not be read)
+    is a note-shaped node."""
+    by_image: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        by_image.setdefault(f.image, []).append(f)
+    paths = {e.path for e in report.images}
+    counts = Counter(f.severity for f in report.findings)
+    title = (
+        f"imgchain audit: {_count(len(report.images), 'image')}; {_count(counts[Severity.ERROR], 'error')}, "
+        f"{_count(counts[Severity.WARNING], 'warning')}"
+    )
+    yield "digraph imgchain {"
+    yield f"  graph [label={_dot_text([title])}, labelloc=t];"
+    yield '  node [shape=box, style="rounded,filled", fillcolor=white];'
+    ends: dict[tuple[str, str], str] = {}  # (label, name) -> the id of its node
+    used: set[str] = set(paths)
+    for entry in report.images:
+        found = by_image.pop(entry.path, [])
+        yield f"  {dot_id(entry.path)} [{_dot_node(shown(entry.path), entry.format or 'unreadable', found)}];"
+        for overlay in entry.dependent_entries:
+            yield f"  {dot_id(overlay.path)} -> {dot_id(entry.path)};"
+        if entry.backing_name is not None and not entry.is_overlay:
+            name = entry.backing or entry.backing_name
+            label, style = _dot_end(entry, name, found)
+            key = (label, name)
+            node = ends.get(key)
+            if node is None:
+                node = name
+                while node in used:  # (a name that is also the path of an image, or of another kind's node)
+                    node += f" ({label})"
+                used.add(node)
+                ends[key] = node
+                yield f"  {dot_id(node)} [{style}, label={_dot_text([label, shown(name)])}];"
+            yield f"  {dot_id(entry.path)} -> {dot_id(node)};"
+    for place, found in by_image.items():  # (findings on a place that is no image: a folder, an unreadable file)
+        if place in used:
+            continue
+        used.add(place)
+        yield f"  {dot_id(place)} [shape=note, {_dot_node(shown(place), 'not an image', found)}];"
+    yield "}"
+
+
+def _dot_node(name: str, what: str, found: list[Finding]) -> str:
+    if not found:
+        return f"label={_dot_text([name, what])}"
+    worst = max(f.severity for f in found)
+    tips = [f"{f.severity.label}: {f.code}" for f in sorted(found, key=lambda f: (-f.severity, f.code))]
+    return f"label={_dot_text([name, what])}, {_DOT_COLOURS[worst]}, tooltip={_dot_text(tips)}"
+
+
+def _dot_end(entry: ImageEntry, name: str, found: list[Finding]) -> tuple[str, str]:
+    """The label and style of the node for ``entry``'s backing file, which
+    is no image of the report: by the finding on ``entry`` about it."""
+    about = [f for f in found if f.code in _DOT_ENDS]
+    for f in about:  # the finding about this very name first (not, say, about a data file)
+        if f.details.get("target") in (name, entry.backing_name):
+            return _DOT_ENDS[f.code]
+    if about:
+        return _DOT_ENDS[about[0].code]
+    return _DOT_TOO_DEEP if entry.truncated else _DOT_NOT_READ
