@@ -21,9 +21,10 @@ def fakefs(fs, monkeypatch):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """CI sets IMGCHAIN_REQUIRE_TOOLS=1: there, a missing qemu-img or
-    virt-xml-validate must fail the run rather than quietly skip the tests
-    that compare with qemu-img and validate against libvirt's schema."""
+    """CI sets IMGCHAIN_REQUIRE_TOOLS=1: there, a missing qemu-img,
+    virt-xml-validate or Graphviz's dot must fail the run rather than quietly
+    skip the tests that compare with qemu-img, validate against libvirt's
+    schema and render the audit's graph."""
     import shutil
 
     if os.environ.get("IMGCHAIN_REQUIRE_TOOLS") == "1":
@@ -37,6 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "genisoimage",
             "mkudffs",
             "sfdisk",
+            "dot",
         )
         missing = [t for t in needed if shutil.which(t) is None]
         if missing:
