@@ -201,10 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         type=_nonempty("pattern"),
-        help="leave out of the walk of a named folder the files, and the folders (not walked), whose path "
-        "relative to that folder matches GLOB (fnmatch: * also matches /), or, for a GLOB without /, whose "
-        "name does (repeatable; e.g. '*.iso'); an excluded file that an image's chain names is still followed, "
-        "and a file named on the command line is never excluded (default: none)",
+        help="leave files, and folders (not walked), out of the walk of a named folder when their path "
+        "relative to it, or (for a GLOB without /) their name, matches GLOB (fnmatch), e.g. '*.iso' "
+        "(repeatable); a chain that names an excluded file still follows it (default: none)",
     )
     aud.add_argument(
         "--standalone",
@@ -242,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backing graph: tree draws it in the human output, before the summary; dot prints it in "
         "Graphviz's DOT instead of the report (pipe it to 'dot -Tsvg'); human output only (default: none)",
     )
-    aud.add_argument("paths", metavar="PATH", nargs="+", type=_PATH)
+    aud.add_argument(
+        "paths", metavar="PATH", nargs="+", type=_PATH, help="an image, or a folder of images (walked recursively)"
+    )
     aud.set_defaults(run=_run_audit)
     return parser
 

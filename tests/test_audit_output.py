@@ -375,3 +375,16 @@ def test_python_dash_m_usage_error_exits_2():
     )
     assert proc.returncode == EXIT_USAGE
     assert proc.stderr == "imgchain: usage: unrecognized arguments: b (see 'imgchain info --help')\n"
+
+
+def test_dot_nodes_for_bases_that_were_not_read(store):
+    put(store / "s/base.raw", BASE)
+    put(store / "s/mid.qcow2", qcow2_naming(b"base.raw"))
+    put(store / "s/top.qcow2", qcow2_naming(b"mid.qcow2", b"qcow2"))
+    deep = dot(audit(["s/top.qcow2"], max_depth=2))
+    assert '  "s/top.qcow2" -> "s/mid.qcow2";' in deep
+    assert '  "s/base.raw" [shape=octagon, style=dotted, label="not read (past --max-depth)\\ns/base.raw"];' in deep
+    assert '  "s/mid.qcow2" -> "s/base.raw";' in deep
+    alone = dot(audit(["s/top.qcow2"], standalone=True))
+    assert '  "s/mid.qcow2" [shape=octagon, style=dotted, label="not followed (--standalone)\\ns/mid.qcow2"];' in alone
+    assert alone.count(" -> ") == 1
