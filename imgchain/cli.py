@@ -10,9 +10,11 @@ Exit codes (also in the README), the same for every command:
   an ``image-unreadable`` finding, and the other paths are still audited);
   for ``xml --verify``, a difference; and the output could not be written
   (standard output closed, a full disk, a closed pipe);
-* 2: usage: the command line itself is wrong (an unknown option, a value
-  that is not allowed, a ``--root`` that is not a directory), and nothing
-  was read.
+* 2: usage: the command line itself is wrong (an unknown option or an
+  extra argument, a value that is not allowed, an empty path or ``--target``,
+  a ``--root`` that is not a directory, ``audit --graph`` with JSON output),
+  and nothing was read.  The one line names the problem and the
+  subcommand's ``--help``.
 
 Every error is one line on stderr, ``imgchain: <file>: <reason>``; no name
 in it, or in any line of human output, can break the line or drive the
