@@ -99,6 +99,115 @@ def build(root: Path, count: int) -> ImageSet:
     return ImageSet(root, files, tops)
 
 
+#: The bases of the chain-heavy store: every format a store of VM disks holds
+#: (qemu-img create arguments, and the format an overlay records).
+HEAVY_BASES = {
+    "base.raw": (["-f", "raw"], "raw"),
+    "base.qcow2": (["-f", "qcow2"], "qcow2"),
+    "base.qed": (["-f", "qed"], "qed"),
+    "base.vmdk": (["-f", "vmdk", "-o", "subformat=monolithicSparse"], "vmdk"),
+    "flat.vmdk": (["-f", "vmdk", "-o", "subformat=monolithicFlat"], "vmdk"),
+    "base.vpc": (["-f", "vpc"], "vpc"),
+    "base.vhdx": (["-f", "vhdx"], "vhdx"),
+    "base.vdi": (["-f", "vdi"], "vdi"),
+}
+
+
+def build_heavy(root: Path, count: int) -> ImageSet:
+    """About ``count`` images, all in chains 2 to 5 deep (a base and 1 to 4
+    qcow2 overlays, as qemu-img makes them), over the bases of HEAVY_BASES in
+    turn: a store of VM disks, where nearly every image is a layer of a chain."""
+    where = Path(tempfile.mkdtemp(prefix="imgchain-heavy-templates-"))
+    templates: dict[tuple[str, int], Path] = {}
+    for base, (args, fmt) in HEAVY_BASES.items():
+        for depth in range(2, 6):
+            chain = where / f"{base}-{depth}"
+            chain.mkdir()
+            qemu_img("create", *args, str(chain / base), "16M")
+            below, below_fmt = base, fmt
+            for level in range(1, depth):
+                name = f"l{level}.qcow2"
+                qemu_img("create", "-f", "qcow2", "-b", below, "-F", below_fmt, str(chain / name), "16M")
+                below, below_fmt = name, "qcow2"
+            templates[(base, depth)] = chain
+    files: list[str] = []
+    tops: list[str] = []
+    bases = list(HEAVY_BASES)
+    c = 0
+    while len(files) < count:
+        depth = c % 4 + 2
+        target = root / f"h{c // 200:03d}" / f"chain{c:05d}"
+        shutil.copytree(templates[(bases[(c // 4) % len(bases)], depth)], target)
+        files.extend(str(p) for p in sorted(target.iterdir()))
+        tops.append(str(target / (f"l{depth - 1}.qcow2")))
+        c += 1
+    shutil.rmtree(where)
+    return ImageSet(root, files, tops)
+
+
+_BARE_WALK = """
+import os, sys
+def walk(top):
+    with os.scandir(top) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path)
+            else:
+                os.stat(entry.path)
+                fd = os.open(entry.path, os.O_RDONLY)
+                os.read(fd, 4096)
+                os.close(fd)
+walk(sys.argv[1])
+"""
+
+
+def heavy(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
+    """The chain-heavy store: the audit as a whole process against the bare
+    walk of the same store (one process: scandir, stat, open, read 4 KiB,
+    close per file) and against a qemu-img loop over its tops."""
+    work = Path(tempfile.mkdtemp(prefix="imgchain-heavy-"))
+    print(f"building {args.images} chain-heavy images ...", file=sys.stderr)
+    store = build_heavy(work, args.images)
+    n, t = len(store.files), len(store.tops)
+    repeat = max(3, args.repeat // 2)
+    audit = [sys.executable, "-m", "imgchain", "audit"]
+    # alternate the runs, as for (a) and (b): their ratios come from one round each
+    jobs = {
+        "bare": [sys.executable, "-c", _BARE_WALK, str(work)],
+        "json": [*audit, "--output", "json", str(work)],
+        "jsonl": [*audit, "--output", "jsonl", str(work)],
+        "human": [*audit, str(work)],
+    }
+    runs: dict[str, list[float]] = {k: [] for k in jobs}
+    rss: dict[str, int] = {}
+    for _ in range(repeat + 1):
+        for name, command in jobs.items():
+            seconds, peak = run_process(command, 1)
+            runs[name].append(seconds)
+            rss[name] = max(rss.get(name, 0), peak)
+    runs = {k: v[1:] for k, v in runs.items()}  # (the first round warms the caches)
+    bare = statistics.median(runs["bare"])
+    q_per_top = qemu_loop(store.tops, args.qemu_sample)
+    qemu_s = q_per_top * t
+    print(f"\n| {f'chain-heavy store: {n} images, {t} chains, depths 2-5':<52} | {'median':>12} | {'unit':<9} |")
+    print(f"|{'-' * 54}|{'-' * 14}|{'-' * 11}|")
+    print(f"| {'bare walk: scandir+stat+open+read 4 KiB+close':<52} | {bare:>12.3f} | {'s':<9} |")
+    for name in ("json", "jsonl", "human"):
+        label = f"imgchain audit --output {name} STORE"
+        print(f"| {label:<52} | {statistics.median(runs[name]):>12.3f} | {'s':<9} |")
+    print(f"| {'qemu-img info --backing-chain loop over the tops':<52} | {qemu_s:>12.3f} | {'s':<9} |")
+    print(f"| {'imgchain audit --output json STORE, peak RSS':<52} | {rss['json'] / 1024:>12.1f} | {'MiB':<9} |")
+    out = []
+    for name in ("json", "jsonl", "human"):
+        ratio = statistics.median(a / b for a, b in zip(runs[name], runs["bare"], strict=True))
+        out.append((f"heavy: audit {name} / bare walk, at most 2x", ratio, ratio <= 2))
+    json_s = statistics.median(runs["json"])
+    out.append(("heavy: qemu-img loop / audit json, at least 50x", qemu_s / json_s, qemu_s / json_s >= 50))
+    out.append(("heavy: audit json peak RSS, under 100 MiB", rss["json"] / 1024, rss["json"] / 1024 < 100))
+    shutil.rmtree(work)
+    return out
+
+
 # -- what is measured --------------------------------------------------------------------------
 
 
@@ -216,6 +325,7 @@ def main() -> int:
     parser.add_argument(
         "--scale", type=int, default=0, metavar="N", help="also measure memory on a store of N images (e.g. 100000)"
     )
+    parser.add_argument("--no-heavy", action="store_true", help="leave out the chain-heavy store")
     args = parser.parse_args()
     if shutil.which("qemu-img") is None:
         raise SystemExit("benchmark: qemu-img is needed to build the image set")
@@ -291,6 +401,8 @@ def main() -> int:
     ]
     if args.scale:
         targets += scale(args.scale, audit_rss, n)
+    if not args.no_heavy:
+        targets += heavy(args)
     print(f"\n| {'ratio or check (same run)':<46} | {'value':>8} | {'target':<6} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")
     for label, value, ok in targets:
