@@ -49,11 +49,21 @@ class Window:
     """The bytes of one file that a decoder may look at: some ranges of it,
     and the file's true size.  ``Window(data)`` is a whole file in memory."""
 
-    __slots__ = ("_chunks", "size")
+    __slots__ = ("_chunks", "_memo", "size")
 
     def __init__(self, data: bytes, size: int | None = None) -> None:
         self.size = len(data) if size is None else size
         self._chunks: list[tuple[int, bytes]] = [(0, data)]
+        self._memo: dict[object, Any] | None = None
+
+    @property
+    def memo(self) -> dict[object, Any]:
+        """A place for a decoder to keep what it worked out from this
+        window's bytes (a checksum ...) across the calls that NeedBytes makes
+        it repeat; the bytes at an offset never change within one window."""
+        if self._memo is None:
+            self._memo = {}
+        return self._memo
 
     def add(self, offset: int, data: bytes) -> None:
         """Make ``data``, read at file ``offset``, visible to decoders."""

@@ -210,6 +210,8 @@ def _zero_operators() -> tuple[tuple[int, ...], ...]:
 
 
 _ZERO_OPS: tuple[tuple[int, ...], ...] = ()
+_BLOCK = 1024
+_ZERO_BLOCK = bytes(_BLOCK)
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
@@ -223,7 +225,10 @@ def crc32c(data: bytes, crc: int = 0) -> int:
     global _ZERO_OPS
     c = crc ^ 0xFFFFFFFF
     table = _CRC_TABLE
-    body = data.rstrip(b"\0")
+    end = len(data)
+    while end >= _BLOCK and data.endswith(_ZERO_BLOCK, 0, end):  # (whole blocks of zeros: one memcmp each)
+        end -= _BLOCK
+    body = data[:end].rstrip(b"\0")
     for b in body:
         c = table[(c ^ b) & 0xFF] ^ (c >> 8)
     zeros = len(data) - len(body)
@@ -233,14 +238,44 @@ def crc32c(data: bytes, crc: int = 0) -> int:
         k = 0
         while zeros:
             if zeros & 1:
-                c = _gf2_times(_ZERO_OPS[k], c)
+                t0, t1, t2, t3 = _byte_tables(k)
+                c = t0[c & 0xFF] ^ t1[(c >> 8) & 0xFF] ^ t2[(c >> 16) & 0xFF] ^ t3[c >> 24]
             zeros >>= 1
             k += 1
     return c ^ 0xFFFFFFFF
 
 
-def checksum_ok(buf: bytes, at: int = 4) -> bool:
-    """``vhdx_checksum_is_valid``: the CRC-32C with the field at ``at`` zeroed."""
+_TABLES: dict[int, tuple[list[int], ...]] = {}
+
+
+def _byte_tables(k: int) -> tuple[list[int], ...]:
+    """Operator ``k`` as four tables, one per byte of the register: its
+    product with a register is four look-ups (built when first needed)."""
+    known = _TABLES.get(k)
+    if known is not None:
+        return known
+    columns = _ZERO_OPS[k]
+    built = []
+    for j in range(4):
+        table = [0] * 256
+        for b in range(1, 256):
+            low = (b & -b).bit_length() - 1
+            table[b] = table[b & (b - 1)] ^ columns[8 * j + low]
+        built.append(table)
+    _TABLES[k] = tuple(built)
+    return _TABLES[k]
+
+
+def checksum_ok(buf: bytes, at: int = 4, win: Window | None = None, offset: int | None = None) -> bool:
+    """``vhdx_checksum_is_valid``: the CRC-32C with the field at ``at``
+    zeroed.  With ``win`` and ``offset`` (where ``buf`` was read), worked out
+    once per window."""
+    if win is not None:
+        key = ("crc32c", offset, len(buf), at)
+        known = win.memo.get(key)
+        if known is None:
+            known = win.memo[key] = checksum_ok(buf, at)
+        return bool(known)
     stored = int.from_bytes(buf[at : at + 4], "little")
     return crc32c(buf[:at] + b"\0\0\0\0" + buf[at + 4 :]) == stored
 
@@ -378,7 +413,7 @@ def _headers(win: Window) -> tuple[VhdxHeader, int]:
     for offset in (HEADER1_OFFSET, HEADER2_OFFSET):
         buf = read_padded(win, offset, HEADER_SIZE, NAME, "header", ahead=HEADER2_OFFSET + HEADER_SIZE - offset)
         h = VhdxHeader._make(unpack(VHDX_HEADER, buf[:80], NAME, "header", offset))
-        ok = checksum_ok(buf) and h.signature == HEADER_SIGNATURE and h.version == 1
+        ok = checksum_ok(buf, 4, win, offset) and h.signature == HEADER_SIGNATURE and h.version == 1
         found.append((h, buf[:80]) if ok else None)
     one, two = found
     if one is None and two is None:
@@ -548,7 +583,7 @@ def _region_table(win: Window, regions: list[tuple[int, int]]) -> tuple[RegionTa
     base = REGION_TABLE_OFFSET
     buf = read_padded(win, base, HEADER_BLOCK_SIZE, NAME, "region table", ahead=HEADER_BLOCK_SIZE)
     sig, _cs, count, _r = unpack(REGION_TABLE_HEADER, buf[:16], NAME, "region table", base)
-    if not checksum_ok(buf):
+    if not checksum_ok(buf, 4, win, base):
         raise _bad("region table checksum mismatch", "region table checksum", base + 4)
     if sig != REGION_SIGNATURE:
         raise _bad(f"bad region table signature {sig!r}", "region table signature", base, sig)
