@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from imgchain.errors import UnsupportedFeatureError
 
@@ -100,17 +100,13 @@ def _module(name: str) -> ModuleType:
 
 
 def _probe_of(name: str) -> Callable[[bytes, str | None], int]:
-    """Format ``name``'s probe; its module is imported at the first call."""
+    """Format ``name``'s probe, ``probe(head, filename) -> score``; a module
+    not imported yet is imported at the first call."""
     if name in _BY_NAME:
-        module_probe = _BY_NAME[name].probe
-        return lambda head, filename: int(module_probe(head))
+        return cast(Callable[[bytes, str | None], int], _BY_NAME[name].probe)
 
     def first_call(head: bytes, filename: str | None) -> int:
-        module = _module(name)
-
-        def probe(h: bytes, f: str | None) -> int:
-            return int(module.probe(h, f) if name == "dmg" else module.probe(h))
-
+        probe = cast(Callable[[bytes, str | None], int], _module(name).probe)
         _PROBE[name] = probe  # from now on, the probe itself
         return probe(head, filename)
 

@@ -143,7 +143,7 @@ class QcowImage(NamedTuple):
         return (Reference("backing", self.backing_filename, "image", None),)
 
 
-def probe(buf: bytes) -> int:
+def probe(buf: bytes, filename: str | None = None) -> int:
     """qemu's ``qcow_probe``: 100 for the magic with version 1, else 0.
     (qemu probes a 512-byte buffer, zero-filled past the end of a short
     file, so 8 bytes are enough to decide.)"""

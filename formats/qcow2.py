@@ -402,7 +402,7 @@ def sniff(buf: bytes) -> bool:
     return len(buf) >= 8 and buf[:4] == MAGIC and int.from_bytes(buf[4:8], "big") >= 2
 
 
-def probe(buf: bytes) -> int:
+def probe(buf: bytes, filename: str | None = None) -> int:
     """qemu's ``qcow2_probe`` score: 100 where :func:`sniff` holds, else 0."""
     return 100 if len(buf) >= 8 and buf[:4] == MAGIC and int.from_bytes(buf[4:8], "big") >= 2 else 0
 

@@ -136,7 +136,7 @@ def sniff(buf: bytes) -> bool:
     return buf[:4] == MAGIC
 
 
-def probe(buf: bytes) -> int:
+def probe(buf: bytes, filename: str | None = None) -> int:
     """qemu's ``bdrv_qed_probe`` score: 100 for the magic, else 0."""
     return 100 if buf[:4] == MAGIC else 0
 

@@ -461,7 +461,7 @@ class VmdkImage(NamedTuple):
 _VERSION_LINES = tuple(b"version=%d%s" % (v, end) for end in (b"\n", b"\r\n") for v in (1, 2, 3))
 
 
-def probe(buf: bytes) -> int:
+def probe(buf: bytes, filename: str | None = None) -> int:
     """qemu's ``vmdk_probe`` on the first bytes of a file: 100 for a sparse
     magic or a text descriptor, 0 otherwise."""
     if len(buf) < 4:
