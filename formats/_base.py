@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from construct import Bytes, ConstructError, FormatField, Struct
 
@@ -30,6 +31,7 @@ __all__ = [
     "as_window",
     "c_string",
     "flat",
+    "has_none_of",
     "parse",
     "unpack",
 ]
@@ -196,6 +198,37 @@ class Reference(NamedTuple):
     name: str
     relative_to: str = "image"
     format: str | None = None
+
+
+#: What a format says of the members of :class:`DecodedImage` it has none of.
+_NONE_OF: dict[str, object] = {
+    "cluster_size": None,
+    "backing_filename": None,
+    "backing_format": None,
+    "dirty": False,
+    "corrupt": False,
+    "encrypted": False,
+    "data_file": None,
+    "references": (),
+}
+
+_R = TypeVar("_R", bound=type)
+
+
+def has_none_of(*members: str) -> Callable[[_R], _R]:
+    """A record class decorator: the :class:`DecodedImage` ``members`` that
+    the format has none of (no backing file, no data file ...), as plain
+    class attributes with their "none" value (a NamedTuple cannot inherit
+    them from a base class)."""
+
+    def add(cls: _R) -> _R:
+        for name in members:
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__name__} defines {name} itself")
+            setattr(cls, name, _NONE_OF[name])
+        return cls
+
+    return add
 
 
 class DecodedImage(Protocol):

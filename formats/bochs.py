@@ -28,7 +28,7 @@ from construct import Bytes, Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, read_padded
 
 NAME = "bochs"
@@ -89,6 +89,9 @@ def _is_bochs(raw: bytes) -> bool:
     )
 
 
+@has_none_of(
+    "cluster_size", "backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references"
+)
 class BochsImage(NamedTuple):
     header: BochsHeader
     disk_size: int  #: bytes, as the header gives it
@@ -102,41 +105,9 @@ class BochsImage(NamedTuple):
         return self.disk_size // SECTOR * SECTOR
 
     @property
-    def cluster_size(self) -> None:
-        return None
-
-    @property
     def info_dirty_flag(self) -> None:
         """qemu-img prints no dirty-flag for bochs."""
         return None
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -28,7 +28,7 @@ from construct import Int32ub, Struct
 
 from imgchain.errors import FormatError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, read_padded
 
 NAME = "cloop"
@@ -46,6 +46,9 @@ CLOOP_HEADER = Struct(
 """What qemu reads at 128; the offsets (``n_blocks + 1`` big-endian uint64) follow at 136."""
 
 
+@has_none_of(
+    "cluster_size", "backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references"
+)
 class CloopImage(NamedTuple):
     block_size: int
     n_blocks: int
@@ -60,40 +63,8 @@ class CloopImage(NamedTuple):
         return (self.n_blocks * (self.block_size // SECTOR)) % (1 << 32) * SECTOR
 
     @property
-    def cluster_size(self) -> None:
-        return None
-
-    @property
     def info_dirty_flag(self) -> None:
         return None
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -40,7 +40,7 @@ from construct import Bytes, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, TruncatedError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, qemu_length, read_padded, readable
 
 NAME = "dmg"
@@ -137,6 +137,9 @@ class KolyTrailer(NamedTuple):
     reserved2: bytes
 
 
+@has_none_of(
+    "cluster_size", "backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references"
+)
 class DmgImage(NamedTuple):
     trailer: KolyTrailer
     trailer_offset: int
@@ -152,40 +155,8 @@ class DmgImage(NamedTuple):
         return self.trailer.sector_count * SECTOR
 
     @property
-    def cluster_size(self) -> None:
-        return None
-
-    @property
     def info_dirty_flag(self) -> None:
         return None
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from imgchain.errors import TruncatedError
 
 from . import luks
-from ._base import Reference, Window, as_window
+from ._base import Window, as_window, has_none_of
 from ._qemuread import qemu_length
 
 NAME = "luks"
@@ -34,6 +34,7 @@ MAGIC = luks.MAGIC
 VERSION = luks.VERSION
 
 
+@has_none_of("cluster_size", "backing_filename", "backing_format", "dirty", "corrupt", "data_file", "references")
 class LuksImage(NamedTuple):
     luks: luks.LuksHeader
     file_length: int  #: as qemu counts it: rounded up to 512
@@ -45,10 +46,6 @@ class LuksImage(NamedTuple):
     @property
     def virtual_size(self) -> int:
         return self.file_length - self.luks.payload_offset
-
-    @property
-    def cluster_size(self) -> None:
-        return None
 
     @property
     def info_dirty_flag(self) -> bool | None:
@@ -63,30 +60,6 @@ class LuksImage(NamedTuple):
     @property
     def encrypted(self) -> bool:
         return True
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -32,7 +32,7 @@ from construct import Bytes, Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, read_padded, readable
 
 NAME = "parallels"
@@ -81,6 +81,7 @@ class ParallelsHeader(NamedTuple):
     ext_off: int
 
 
+@has_none_of("cluster_size", "backing_filename", "backing_format", "corrupt", "encrypted", "data_file", "references")
 class ParallelsImage(NamedTuple):
     header: ParallelsHeader
     features: tuple[int, ...]  #: magics of the format extension's features (end marker excluded)
@@ -97,11 +98,6 @@ class ParallelsImage(NamedTuple):
         return sectors * SECTOR
 
     @property
-    def cluster_size(self) -> None:
-        """Not printed by qemu-img (see :attr:`cluster_bytes` for the value)."""
-        return None
-
-    @property
     def cluster_bytes(self) -> int:
         return self.header.tracks * SECTOR
 
@@ -113,30 +109,6 @@ class ParallelsImage(NamedTuple):
     def dirty(self) -> bool:
         """The ``inuse`` mark: the image was not closed cleanly."""
         return self.header.inuse == HEADER_INUSE_MAGIC
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -21,7 +21,7 @@ from construct import Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, c_string, unpack
+from ._base import Reference, Window, as_window, c_string, has_none_of, unpack
 
 NAME = "qcow"
 MAGIC = b"QFI\xfb"
@@ -84,6 +84,7 @@ class QcowHeader(NamedTuple):
     l1_table_offset: int
 
 
+@has_none_of("backing_format", "dirty", "corrupt", "data_file")
 class QcowImage(NamedTuple):
     """A decoded qcow (version 1) header and its backing file name."""
 
@@ -110,29 +111,12 @@ class QcowImage(NamedTuple):
         return (self.header.size + (1 << shift) - 1) >> shift
 
     @property
-    def backing_format(self) -> None:
-        """qcow cannot record one: qemu probes the backing file."""
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
     def encrypted(self) -> bool:
         return self.header.crypt_method != CRYPT_NONE
 
     @property
     def encryption_format(self) -> str | None:
         return "aes" if self.header.crypt_method == CRYPT_AES else None
-
-    @property
-    def data_file(self) -> None:
-        return None
 
     @property
     def references(self) -> tuple[Reference, ...]:

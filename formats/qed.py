@@ -14,7 +14,7 @@ from construct import Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, c_string, unpack
+from ._base import Reference, Window, as_window, c_string, has_none_of, unpack
 
 NAME = "qed"
 MAGIC = b"QED\0"
@@ -79,6 +79,7 @@ class QedHeader(NamedTuple):
     backing_filename_size: int
 
 
+@has_none_of("corrupt", "encrypted", "data_file")
 class QedImage(NamedTuple):
     """A decoded QED header."""
 
@@ -88,18 +89,6 @@ class QedImage(NamedTuple):
     @property
     def format(self) -> str:
         return NAME
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
 
     @property
     def cluster_size(self) -> int:

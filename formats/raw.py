@@ -6,50 +6,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._base import Reference, Window, as_window
+from ._base import Window, as_window, has_none_of
 
 NAME = "raw"
 
 
+@has_none_of(
+    "cluster_size", "backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references"
+)
 class RawImage(NamedTuple):
     file_size: int
 
-    # What raw has none of (properties: a NamedTuple has no class attributes).
+    # (what raw has none of: has_none_of above)
     @property
     def format(self) -> str:
         return NAME
-
-    @property
-    def cluster_size(self) -> None:
-        return None
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        return ()
 
     @property
     def virtual_size(self) -> int:

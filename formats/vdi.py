@@ -32,7 +32,7 @@ from construct import Bytes, Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, read_padded
 
 NAME = "vdi"
@@ -124,6 +124,7 @@ def uuid_text(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw))
 
 
+@has_none_of("backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references")
 class VdiImage(NamedTuple):
     header: VdiHeader
 
@@ -153,35 +154,6 @@ class VdiImage(NamedTuple):
     def parent_uuid(self) -> str | None:
         """Always None here: qemu refuses a differencing VDI."""
         return None if self.header.uuid_parent == _NULL_UUID else uuid_text(self.header.uuid_parent)
-
-    @property
-    def backing_filename(self) -> None:
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        """None: a VDI names its parent by UUID, not by file name."""
-        return ()
 
 
 def probe(buf: bytes, filename: str | None = None) -> int:

@@ -54,7 +54,7 @@ from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Reference, Window, as_window, has_none_of, unpack
 from ._qemuread import INT64_MAX, SECTOR, qemu_length, read_padded
 
 NAME = "vhdx"
@@ -303,6 +303,7 @@ class RegionTableEntry(NamedTuple):
     data_bits: int
 
 
+@has_none_of("backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file", "references")
 class VhdxImage(NamedTuple):
     """A VHDX as qemu opens it."""
 
@@ -339,36 +340,6 @@ class VhdxImage(NamedTuple):
     @property
     def info_dirty_flag(self) -> bool | None:
         return False
-
-    @property
-    def backing_filename(self) -> None:
-        """qemu refuses VHDX with a parent."""
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
-
-    @property
-    def references(self) -> tuple[Reference, ...]:
-        """None: qemu opens no VHDX that has a parent locator (see :func:`named_files`)."""
-        return ()
 
 
 class ParentLocator(NamedTuple):

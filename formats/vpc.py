@@ -43,7 +43,7 @@ from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, unpack
+from ._base import Reference, Window, as_window, has_none_of, unpack
 from ._qemuread import SECTOR, qemu_length, read_padded, readable
 
 NAME = "vpc"
@@ -187,6 +187,7 @@ class ParentLocator(NamedTuple):
     name: str | None
 
 
+@has_none_of("backing_filename", "backing_format", "dirty", "corrupt", "encrypted", "data_file")
 class VpcImage(NamedTuple):
     """A VHD as qemu opens it."""
 
@@ -228,31 +229,6 @@ class VpcImage(NamedTuple):
     def info_dirty_flag(self) -> bool | None:
         """``dirty-flag`` as qemu-img prints it (vpc has ``bdrv_get_info``)."""
         return False
-
-    @property
-    def backing_filename(self) -> None:
-        """qemu opens a differencing VHD as a plain dynamic disk."""
-        return None
-
-    @property
-    def backing_format(self) -> None:
-        return None
-
-    @property
-    def dirty(self) -> bool:
-        return False
-
-    @property
-    def corrupt(self) -> bool:
-        return False
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def data_file(self) -> None:
-        return None
 
     @property
     def references(self) -> tuple[Reference, ...]:
