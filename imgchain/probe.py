@@ -339,6 +339,28 @@ class _Reader:
                 win.add(need.offset, data)
 
 
+def _open(path: str) -> int:
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+
+
+def _first_read(fd: int, path: str, info: FileInfo) -> tuple[int, bytes]:
+    """The size of the file open as ``fd`` and its first bytes, once it is
+    checked to be the very file :func:`stat_image` saw (``info``): a file
+    swapped for a FIFO between the two cannot hang us."""
+    st = os.fstat(fd)
+    same_kind = stat.S_ISREG(st.st_mode) if info.kind == "file" else stat.S_ISBLK(st.st_mode)
+    if st.st_ino != info.ino or st.st_dev != info.dev or not same_kind:
+        raise ImageAccessError(path, "the file changed while it was being opened")
+    size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
+    first = _pread(fd, min(INITIAL_READ, size), 0)
+    if size and not first:
+        raise ImageAccessError(path, "cannot read the first bytes")
+    return size, first
+
+
 def read_image(
     path: str | os.PathLike[str],
     fmt: str | None = None,
@@ -366,20 +388,10 @@ def read_image(
     except FormatError as exc:
         exc.path = path
         raise
+    fd = _open(path)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise _os_error(path, exc) from None
-    try:
-        st = os.fstat(fd)
-        same_kind = stat.S_ISREG(st.st_mode) if info.kind == "file" else stat.S_ISBLK(st.st_mode)
-        if st.st_ino != info.ino or st.st_dev != info.dev or not same_kind:
-            raise ImageAccessError(path, "the file changed while it was being opened")
-        size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
-        first = _pread(fd, min(INITIAL_READ, size), 0)
+        size, first = _first_read(fd, path, info)
         reader = _Reader(fd, path, len(first))
-        if size and not first:
-            raise ImageAccessError(path, "cannot read the first bytes")
         probed = formats.probe_name(first, path) if size else formats.raw.NAME
         if module is None:
             module, source = formats.decoder_for(probed), FormatSource.PROBED
@@ -502,16 +514,9 @@ def read_extent_header(path: str, info: FileInfo, kind: str = "SPARSE") -> vmdk.
     read as qemu reads it (``kind``: the descriptor's extent type), bounded."""
     from imgchain.formats import vmdk
 
+    fd = _open(path)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise _os_error(path, exc) from None
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != info.identity:
-            raise ImageAccessError(path, "the file changed while it was being opened")
-        size = st.st_size if info.kind == "file" else os.lseek(fd, 0, os.SEEK_END)
-        first = _pread(fd, min(INITIAL_READ, size), 0)
+        size, first = _first_read(fd, path, info)
         reader = _Reader(fd, path, len(first))
         return reader.fill(lambda w: vmdk.decode_extent_header(w, kind), Window(first, size), "vmdk")
     except FormatError as exc:
