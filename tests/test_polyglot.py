@@ -441,3 +441,34 @@ def test_truncated_polyglots(data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(body)))
     found = foreign_signatures(Window(body[:cut]), "qcow2", 1 << 17)
     assert [s.offset for s in found] == [n * 2048 + 1 for n in sorted(sectors) if n * 2048 + 6 <= cut]
+
+
+# -- the audit of a store of them, in one run -------------------------------------------------------------
+
+
+@needs("qemu-img", "genisoimage", "mkudffs", "sfdisk")
+def test_an_upload_store_audits_as_it_should(disks: dict[str, Path], blank: dict[str, bytes], tmp_path: Path) -> None:
+    """Under --standalone: the raw disks of other readers, qemu-made blank
+    images and qemu-img conversions stay clean; the polyglots are errors."""
+    from imgchain.audit import audit
+
+    store = tmp_path / "uploads"
+    store.mkdir()
+    clean = []
+    for name in SOURCES:
+        (store / f"{name}.raw").write_bytes(disks[name].read_bytes())
+        clean.append(f"{name}.raw")
+        for target in ("qcow2", "qcow2-4096", "qed"):
+            must("qemu-img", "convert", *CONVERSIONS[target], disks[name], store / f"{name}.{target}")
+            clean.append(f"{name}.{target}")
+    for kind in ("qcow2", "qcow2-v2", "qed"):
+        if kind in blank:
+            (store / f"blank.{kind}").write_bytes(blank[kind])
+            clean.append(f"blank.{kind}")
+    iso = disks["iso9660"].read_bytes()
+    (store / "poly.qcow2").write_bytes(overwrite(iso, blank["qcow2"][:0x8000]))
+    (store / "poly.qed").write_bytes(overwrite(disks["udf-bridge"].read_bytes(), blank["qed"][:0x8000]))
+    report = audit([str(store)], standalone=True)
+    flagged = {Path(f.image).name: f.code for f in report.findings}
+    assert flagged == {"poly.qcow2": "format-polyglot", "poly.qed": "format-polyglot"}, report.findings
+    assert len(report.images) == len(clean) + 2
