@@ -152,18 +152,17 @@ def probe_name(buf: bytes, filename: str | None = None) -> str:
     short file; the first asked of equal scores; raw (score 1) when no
     driver claims more.  An empty file is raw."""
     if not buf:
-        return str(raw.NAME)
+        return "raw"
     head = buf[:PROBE_SIZE]
     if len(head) < PROBE_SIZE:  # qemu's probe buffer is zero-filled past the end of the file
         head += _ZEROS[len(head) :]
     candidates = _BY_FIRST.get(head[0], ())
-    anywhere = head.startswith(_VDI_MAGIC, 0x40), filename is not None and filename.endswith(".dmg")
-    if anywhere[0] or anywhere[1]:
-        extra = {"vdi"} if anywhere[0] else set()
-        if anywhere[1]:
+    if head.startswith(_VDI_MAGIC, 0x40) or (filename is not None and filename.endswith(".dmg")):
+        extra = {"vdi"} if head.startswith(_VDI_MAGIC, 0x40) else set()
+        if filename is not None and filename.endswith(".dmg"):
             extra.add("dmg")
         candidates = tuple(n for n in ORDER if n in extra or n in candidates)
-    best, score = str(raw.NAME), 1
+    best, score = "raw", 1
     for name in candidates:
         s = _PROBE[name](head, filename)
         if s > score:

@@ -72,7 +72,10 @@ VDI driver is asked first.  A QED with the signature at 0x40 probes as QED.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
+
+from imgchain.errors import TruncatedError
 
 from . import qcow2, qed
 from ._base import DecodedImage, Window
@@ -84,6 +87,7 @@ __all__ = [
     "foreign_signatures",
     "header_end_of",
     "plan",
+    "signatures",
     "signatures_in",
     "span",
 ]
@@ -168,6 +172,23 @@ def plan(image: DecodedImage, size: int) -> tuple[int, int, int] | None:
         return None
     where = span(header_end, size)
     return (header_end, 0, 0) if where is None else (header_end, *where)
+
+
+def signatures(
+    image: DecodedImage, first: bytes, size: int, read: Callable[[int, int], bytes]
+) -> tuple[Signature, ...]:
+    """The probe's one call: :func:`plan`, the one read it names (``read(length,
+    offset)``, the probe's bounded reader), and :func:`signatures_in`."""
+    header_end = header_end_of(image)
+    if header_end < _MIN_END or size < _MIN_END:
+        return ()
+    where = span(header_end, size)
+    high = b""
+    if where is not None:
+        high = read(where[1], where[0])
+        if len(high) < where[1]:  # the file shrank under us
+            raise TruncatedError(image.format, f"short read at {where[0]}", offset=where[0])
+    return signatures_in(first, high, image.format, header_end)
 
 
 def span(header_end: int, size: int) -> tuple[int, int] | None:

@@ -416,15 +416,9 @@ def read_image(
             except FormatError as exc:
                 content = exc
                 _opens(exc, prober, reader, win)
-        signatures: tuple[polyglot.Signature, ...] = ()
-        scan = polyglot.plan(decoded, size)
-        if scan is not None:
-            # One read at most, exactly the range the scan names (never past the header area).
-            header_end, at, length = scan
-            high = reader.pread(length, at) if length else b""
-            if len(high) < length:  # the file shrank under us
-                raise TruncatedError(module.NAME, f"short read at {at}", offset=at)
-            signatures = polyglot.signatures_in(first, high, module.NAME, header_end)
+        # Other formats' signatures in the header area: one read at most, exactly the range the scan
+        # names (never past the header area).
+        signatures = polyglot.signatures(decoded, first, size, reader.pread)
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
