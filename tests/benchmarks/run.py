@@ -1,7 +1,7 @@
 """imgchain's benchmark: throughput against the I/O floor, qemu-img and
 OpenStack's format_inspector, measured side by side in one run.
 
-Not part of the test suite.  Run it as the README says:
+Not part of the test suite.  Run it as docs/performance.md says:
 
     python3 -m venv .bench && .bench/bin/pip install -e . -r tests/benchmarks/requirements.txt
     .bench/bin/python tests/benchmarks/run.py [--images 10000]
