@@ -356,7 +356,7 @@ class _Audit:
             self.nodes[ident] = [readings, node]
         chain = node.chain()
         try:
-            image = read_image(path, fmt, tables=False, info=info)
+            image = read_image(path, fmt, tables=False, info=info, scan=True)
         except FormatError as exc:
             node.probed_format, node.format_source = exc.probed_format, None
             if exc.opens and exc.probed_format == (fmt or exc.probed_format):

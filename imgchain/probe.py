@@ -126,7 +126,8 @@ class Image(NamedTuple):
     luks: luks.LuksHeader | None = None
     bytes_read: int = 0
     #: Other formats' signatures inside the bytes this image's format keeps
-    #: for its header (a polyglot: see ``imgchain.formats.polyglot``).
+    #: for its header (a polyglot: see ``imgchain.formats.polyglot``), when
+    #: asked for (``scan``).
     polyglot: tuple[polyglot.Signature, ...] = ()
     #: The files of a vmdk's extents other than the image itself, in the
     #: descriptor's order (read with ``tables``, as qemu-img info reads them).
@@ -368,6 +369,7 @@ def read_image(
     source: FormatSource | None = None,
     tables: bool = True,
     info: FileInfo | None = None,
+    scan: bool = False,
 ) -> Image:
     """Open, probe and decode one image.
 
@@ -375,7 +377,10 @@ def read_image(
     where ``fmt`` came from (default GIVEN when ``fmt`` is set).  With
     ``tables``, a qcow2's snapshot table and bitmap directory are read too
     (``imgchain info`` shows them; the audit does not need them).  ``info``
-    is the result of an earlier :func:`stat_image` of the same path.
+    is the result of an earlier :func:`stat_image` of the same path.  With
+    ``scan``, the header area is searched for other formats' signatures
+    (``Image.polyglot``; the audit asks for it, ``info`` and ``xml`` do not
+    show it).
 
     Raises FormatError (a malformed or refused header) or ChainError (the
     file is missing, unreadable, or not a regular file or block device).
@@ -418,7 +423,7 @@ def read_image(
                 _opens(exc, prober, reader, win)
         # Other formats' signatures in the header area: one read at most, exactly the range the scan
         # names (never past the header area).
-        signatures = polyglot.signatures(decoded, first, size, reader.pread)
+        signatures = polyglot.signatures(decoded, first, size, reader.pread) if scan else ()
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
