@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, TypeVar
 
 from imgchain.chain import MAX_DEPTH
 from imgchain.errors import (
@@ -63,8 +62,6 @@ from imgchain.probe import FileInfo, Roots, read_extent_header, read_image, same
 from imgchain.qemu_names import QemuName, Target, qemu_opens
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -311,19 +308,15 @@ class _Audit:
         #: (an image a json: name opens as well): expanded in their turn.
         self.pending: list[ImageEntry] = []
 
-    def guarded(self, path: str, step: Callable[..., T], *args: Any) -> T | None:
-        """``step(*args)``; anything it raises that imgchain did not mean to
-        raise becomes an ``internal-error`` finding on ``path``, and the audit
-        goes on with the other images."""
-        try:
-            return step(*args)
-        except Exception as exc:  # one image must not stop the audit of a store
-            message = (
-                f"imgchain failed on this image ({type(exc).__name__}: {shown(str(exc))}); "
-                "it was not fully checked (please report this)"
-            )
-            self.add(finding("internal-error", path, (path,), message), path)
-            return None
+    def failed(self, path: str, exc: Exception) -> None:
+        """What imgchain raised on ``path`` without meaning to: an
+        ``internal-error`` finding, and the audit goes on with the other
+        images (the callers catch every Exception around each image's step)."""
+        message = (
+            f"imgchain failed on this image ({type(exc).__name__}: {shown(str(exc))}); "
+            "it was not fully checked (please report this)"
+        )
+        self.add(finding("internal-error", path, (path,), message), path)
 
     # -- findings --------------------------------------------------------------------------
 
@@ -813,7 +806,11 @@ def audit(
         total = len(found)
     named: list[ImageEntry] = []
     for done, (path, is_link) in enumerate(found, 1):
-        node = run.guarded(path, run.read_named, path, is_link)
+        try:
+            node = run.read_named(path, is_link)
+        except Exception as exc:  # one image must not stop the audit of a store
+            run.failed(path, exc)
+            node = None
         if node is not None:
             named.append(node)
         if on_image is not None:
@@ -825,7 +822,10 @@ def audit(
         node = queue.popleft()
         if node.flags & ImageEntry.EXPANDED:
             continue
-        run.guarded(node.path, run.expand, node)
+        try:
+            run.expand(node)
+        except Exception as exc:  # one image must not stop the audit of a store
+            run.failed(node.path, exc)
         if node.next is not None and not node.next.flags & ImageEntry.EXPANDED:
             queue.append(node.next)
         queue.extend(run.pending)
