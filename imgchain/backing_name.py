@@ -28,7 +28,6 @@ Credentials are never kept: a URL's user info, rbd ``id=``/``key=``, json
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import TypeAlias
 from urllib.parse import unquote
 
 from imgchain.errors import BackingNameError
-from imgchain.names import protocol_of, strip_file_protocol
+from imgchain.names import json_object, protocol_of, strip_file_protocol
 
 __all__ = [
     "PROTOCOLS",
@@ -639,23 +638,6 @@ class _JsonFloat:
         self.text = text
 
 
-class _JsonSyntaxError(ValueError):
-    pass
-
-
-def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _JsonSyntaxError(f"duplicate key {_clip(key)!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(text: str) -> object:
-    raise _JsonSyntaxError(f"{text} is not JSON")
-
-
 def _too_deep(value: object) -> bool:
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
@@ -672,15 +654,9 @@ def _too_deep(value: object) -> bool:
 def _parse_json(name: str) -> Parsed:
     text = name[len("json:") :]
     try:
-        root = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_JsonFloat)
-    except json.JSONDecodeError as e:
-        raise _refused(name, f"json: not valid JSON: {e.msg} at offset {e.pos}") from None
-    except _JsonSyntaxError as e:
-        raise _refused(name, f"json: not valid JSON: {e}") from None
-    except (ValueError, RecursionError):
-        raise _refused(name, "json: not valid JSON (too deep, or a number too long)") from None
-    if not isinstance(root, dict):
-        raise _refused(name, "json: the top level is not an object")
+        root = json_object(text, parse_float=_JsonFloat)
+    except ValueError as e:
+        raise _refused(name, f"json: {e}") from None
     if _too_deep(root):
         raise _refused(name, f"json: nested deeper than {_MAX_JSON_DEPTH}")
     keyed = _deflatten_keys(name, root)

@@ -8,7 +8,10 @@ mean "the folder above"."""
 
 from __future__ import annotations
 
-__all__ = ["combine", "has_protocol", "libvirt_join", "protocol_of", "strip_file_protocol"]
+import json
+from collections.abc import Callable
+
+__all__ = ["combine", "has_protocol", "json_object", "libvirt_join", "protocol_of", "strip_file_protocol"]
 
 
 def protocol_of(name: str) -> str | None:
@@ -55,3 +58,37 @@ def libvirt_join(overlay: str, backing: str) -> str:
         return backing
     directory = overlay.rsplit("/", 1)[0]
     return f"{directory}/{backing}" if directory else f"/{backing}"
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            shown = key if len(key) <= 80 else key[:80] + "..."
+            raise ValueError(f"not valid JSON: duplicate key {shown!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(text: str) -> object:
+    raise ValueError(f"not valid JSON: {text} is not JSON")
+
+
+def json_object(text: str, parse_float: Callable[[str], object] | None = None) -> dict[str, object]:
+    """The object of a ``json:`` name (``text``, after the prefix), read as
+    qemu's and libvirt's parsers read it: strictly (a duplicate key, NaN or
+    Infinity is no JSON), the top level an object.  ValueError with a
+    one-line reason for anything else; callers bound the nesting first."""
+    try:
+        root = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_float=parse_float)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e.msg} at offset {e.pos}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (too deep, or a number too long)") from None
+    except ValueError as e:
+        if str(e).startswith("not valid JSON"):
+            raise
+        raise ValueError("not valid JSON (too deep, or a number too long)") from None
+    if not isinstance(root, dict):
+        raise ValueError("the top level is not an object")
+    return root

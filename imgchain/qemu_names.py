@@ -42,14 +42,13 @@ bundle) and the temporary file ``vvfat`` writes for ``rw``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 from urllib.parse import unquote
 
 from imgchain.errors import BackingNameError
-from imgchain.names import protocol_of
+from imgchain.names import json_object, protocol_of
 
 __all__ = ["DRIVERS", "MAX_DEPTH", "MAX_NAME_LENGTH", "PROTOCOLS", "QemuName", "Target", "qemu_opens"]
 
@@ -561,37 +560,14 @@ def _json_depth_ok(text: str) -> bool:
     return True
 
 
-class _JsonError(ValueError):
-    pass
-
-
-def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _JsonError(f"duplicate key {_clip(key)!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(text: str) -> object:
-    raise _JsonError(f"{text} is not JSON")
-
-
 def _parse_json(out: _Out, text: str) -> dict[str, object]:
     """qobject_from_json, then qdict_flatten: one level of "a.b.c" keys."""
     if not _json_depth_ok(text):
         raise _refused(out.name, f"json: nested deeper than {MAX_DEPTH}")
     try:
-        root = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise _refused(out.name, f"json: not valid JSON: {e.msg} at offset {e.pos}") from None
-    except _JsonError as e:
-        raise _refused(out.name, f"json: not valid JSON: {e}") from None
-    except (ValueError, RecursionError):
-        raise _refused(out.name, "json: not valid JSON (too deep, or a number too long)") from None
-    if not isinstance(root, dict):
-        raise _refused(out.name, "json: the top level is not an object")
+        root = json_object(text)
+    except ValueError as e:
+        raise _refused(out.name, f"json: {e}") from None
     flat: dict[str, object] = {}
     work: list[tuple[str, object]] = [("", root)]
     while work:
