@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import NamedTuple
 
 from imgchain.backing_name import NetworkSource
@@ -334,7 +335,11 @@ def _nested_below(parent: ET.Element, layers: tuple[DiskLayer, ...], ends: bool)
         _sub(parent, "backingFile")
 
 
-def _nested(w: _Writer, disk: Disk, root: ET.Element) -> None:
+def _top_then(
+    w: _Writer, disk: Disk, root: ET.Element, below: Callable[[ET.Element, tuple[DiskLayer, ...], bool], None]
+) -> None:
+    """The top layer in ``root`` and in a ``<mirror>``, each followed by its
+    backing layers as ``below`` writes them (the nested and list layouts)."""
     layers, ends = w.layers(disk.chain)
     _driver(root, layers[0])
     _source(root, layers[0])
@@ -343,8 +348,12 @@ def _nested(w: _Writer, disk: Disk, root: ET.Element) -> None:
         mirror = _sub(root, "mirror")
         _driver(mirror, mlayers[0])
         _source(mirror, mlayers[0])
-        _nested_below(mirror, mlayers, mends)
-    _nested_below(root, layers, ends)
+        below(mirror, mlayers, mends)
+    below(root, layers, ends)
+
+
+def _nested(w: _Writer, disk: Disk, root: ET.Element) -> None:
+    _top_then(w, disk, root, _nested_below)
 
 
 # -- flat (RFC layout 2) -----------------------------------------------------------------------
@@ -377,16 +386,7 @@ def _list_below(parent: ET.Element, layers: tuple[DiskLayer, ...], ends: bool) -
 
 
 def _list(w: _Writer, disk: Disk, root: ET.Element) -> None:
-    layers, ends = w.layers(disk.chain)
-    _driver(root, layers[0])
-    _source(root, layers[0])
-    if disk.mirror is not None:
-        mlayers, mends = w.layers(disk.mirror)
-        mirror = _sub(root, "mirror")
-        _driver(mirror, mlayers[0])
-        _source(mirror, mlayers[0])
-        _list_below(mirror, mlayers, mends)
-    _list_below(root, layers, ends)
+    _top_then(w, disk, root, _list_below)
 
 
 # -- backingStore (libvirt) -------------------------------------------------------------------
