@@ -50,7 +50,6 @@ __all__ = [
     "FormatSource",
     "Image",
     "Roots",
-    "outside_roots",
     "read_extent_header",
     "read_image",
     "same_file",
@@ -170,12 +169,6 @@ MAX_SYMLINKS = 40
 def _within(path: str, root: str) -> bool:
     """Whether the absolute ``path`` is ``root`` or below it (``/`` holds everything)."""
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
-
-
-def outside_roots(path: str, roots: tuple[str, ...], named: tuple[str, ...] = ()) -> str | None:
-    """Where ``path`` leads if that is outside every root, else None (see
-    :class:`Roots`, which does the same with a cache of folders)."""
-    return Roots(roots, named).outside(path)
 
 
 #: What resolving a folder gave: where it leads outside the roots (a str),
