@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+from imgchain.formats import Window
+
 QCOW2_FIELDS = {
     "magic": (0, ">I"),
     "version": (4, ">I"),
@@ -145,3 +147,17 @@ def rebacked(data: bytes, name: bytes | None, fmt: bytes | None = None) -> bytes
     out[start:end] = payload + b"\0" * (end - start - len(payload))
     values = {"backing_file_offset": at if name else 0, "backing_file_size": len(name) if name else 0}
     return patch(bytes(out), QCOW2_FIELDS, **values)
+
+
+class RecordingWindow(Window):
+    """A window that remembers the furthest byte a decoder looked at."""
+
+    __slots__ = ("furthest",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.furthest = 0
+
+    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
+        self.furthest = max(self.furthest, offset + length)
+        return super().get(offset, length, fmt, field, field_offset, ahead=ahead)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from imgchain import formats
 from imgchain.errors import FormatError
-from imgchain.formats import Window, qcow2
+from imgchain.formats import qcow2
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 
@@ -37,20 +37,6 @@ def samples() -> list[tuple[str, bytes]]:
 SAMPLES = samples()
 
 
-class RecordingWindow(Window):
-    """A window that remembers the furthest byte a decoder looked at."""
-
-    __slots__ = ("furthest",)
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.furthest = 0
-
-    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
-        self.furthest = max(self.furthest, offset + length)
-        return super().get(offset, length, fmt, field, field_offset, ahead=ahead)
-
-
 def decode_all(data: bytes) -> object:
     """Probe and decode like the probe module, tables included."""
     module = formats.probe(data)
@@ -65,7 +51,7 @@ def decode_all(data: bytes) -> object:
 def test_truncation_at_every_length_is_refused(name, data):
     module = formats.probe(data)
     assert module is not formats.raw
-    win = RecordingWindow(data)
+    win = craft.RecordingWindow(data)
     module.decode(win)
     needed = win.furthest
     assert needed > 8
@@ -185,7 +171,7 @@ def test_declared_format_truncated_or_broken_is_that_formats_error(tmp_path, nam
     from imgchain import probe
 
     module = formats.by_name(fmt)
-    win = RecordingWindow(data)
+    win = craft.RecordingWindow(data)
     module.decode(win)
     path = tmp_path / "img"
     for n in sorted({8, 20, 64, 71, 100, win.furthest - 1} - set(range(win.furthest, 101))):

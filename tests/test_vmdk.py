@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import craft
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -424,14 +425,14 @@ def test_hostile_descriptor_without_cid_is_refused_but_its_extents_were_opened()
 def test_endless_descriptor_is_read_up_to_qemus_cap():
     comment = b"# padding padding padding\n"
     text = desc('RW 1 FLAT "/dev/zero" 0') + comment * ((3 << 20) // len(comment))
-    win = RecordingWindow(text)
+    win = craft.RecordingWindow(text)
     image = vmdk.decode(win)
     assert image.descriptor is not None and image.descriptor.length == vmdk.DESC_READ_CAP
     assert win.furthest <= vmdk.DESC_READ_CAP
     # Extent lines cut by the cap: the last one is malformed, as qemu reads it.
     line = b'RW 1 FLAT "/dev/zero" 0\n'
     text = desc() + line * ((3 << 20) // len(line))
-    win = RecordingWindow(text)
+    win = craft.RecordingWindow(text)
     with pytest.raises(FormatError, match="invalid extent line 'RW 1 FLAT \"/dev/z'"):
         vmdk.decode(win)
     assert win.furthest <= vmdk.DESC_READ_CAP
@@ -459,18 +460,6 @@ def test_a_megabyte_of_blank_or_broken_lines_is_fast(filler):
 
 
 # -- truncation, windows, arbitrary input --------------------------------------------------
-
-
-class RecordingWindow(Window):
-    __slots__ = ("furthest",)
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.furthest = 0
-
-    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
-        self.furthest = max(self.furthest, offset + length)
-        return super().get(offset, length, fmt, field, field_offset, ahead=ahead)
 
 
 def test_truncated_sparse_image_is_refused_at_every_length(tmp_path):
@@ -543,7 +532,7 @@ def test_descriptor_parser_raises_only_our_errors(parts):
     with contextlib.suppress(FormatError):
         vmdk.parse_descriptor(text)
     vmdk.parse_descriptor(text, strict=False)
-    win = RecordingWindow(text)
+    win = craft.RecordingWindow(text)
     with contextlib.suppress(FormatError):
         vmdk.decode(win)
     assert win.furthest <= max(vmdk.DESC_READ_CAP, len(text))
