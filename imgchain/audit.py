@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 from imgchain.chain import MAX_DEPTH
 from imgchain.errors import (
@@ -46,6 +47,7 @@ from imgchain.errors import (
 )
 from imgchain.formats import Reference
 from imgchain.names import combine, protocol_of
+from imgchain.parallel import ordered_map
 from imgchain.policy import (
     KIND_WORDS,
     Finding,
@@ -58,7 +60,7 @@ from imgchain.policy import (
     polyglot_finding,
     unrecorded_finding,
 )
-from imgchain.probe import FileInfo, Roots, read_extent_header, read_image, same_file, stat_image
+from imgchain.probe import FileInfo, Image, Roots, read_extent_header, read_image, same_file, stat_image
 from imgchain.qemu_names import QemuName, Target, qemu_opens
 
 __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "discover"]
@@ -66,6 +68,8 @@ __all__ = ["AuditReport", "ImageEntry", "PathError", "audit", "default_roots", "
 
 @dataclass(slots=True)
 class AuditReport:
+    """Every image the audit read, once each, and every finding, once each."""
+
     images: list[ImageEntry]
     findings: list[Finding]
 
@@ -269,6 +273,84 @@ def _identity(info: FileInfo) -> int:
     return info.dev << 64 | info.ino
 
 
+class Facts(NamedTuple):
+    """What one reading of one file gives the audit, worked out from the
+    image alone (so a helper process can; see :func:`named_facts`)."""
+
+    ident: int  #: the file's identity (device and inode)
+    format: str
+    probed_format: str
+    virtual_size: int
+    backing_name: str | None
+    backing_format: str | None
+    #: The image's own findings, each with its key after the identity (see _Audit.add).
+    findings: tuple[tuple[Finding, tuple[str, ...]], ...]
+    #: The files it names, where the audit has to look at them: its side
+    #: references (data file, extents ...), or all of them under --standalone.
+    refs: tuple[Reference, ...]
+
+
+def facts_of(
+    image: Image,
+    fmt: str | None,
+    chain: tuple[str, ...],
+    by: str,
+    allowed: frozenset[str] | None,
+    standalone: bool,
+) -> Facts:
+    """The :class:`Facts` of ``image``, read as ``fmt`` (None: probed) by
+    the way ``by`` (``-f``, or the overlay that records it) at the end of ``chain``."""
+    path, d = image.path, image.decoded
+    findings: list[tuple[Finding, tuple[str, ...]]] = [(f, (f.message,)) for f in header_findings(path, d, chain)]
+    if image.polyglot:
+        findings.append((polyglot_finding(path, image.format, image.polyglot, chain), ()))
+    if image.format == "vmdk":
+        embedded = embedded_extent_finding(path, d, chain)
+        if embedded is not None:
+            findings.append((embedded, ()))
+    if allowed is not None and image.format not in allowed:
+        message = f"the image is {image.format}, which is not among the allowed formats ({', '.join(sorted(allowed))})"
+        findings.append((finding("format-not-allowed", path, chain, message, format=image.format), ()))
+    # (a declared format that decodes, over content that probes as raw, such as a fixed VHD whose
+    # footer is at the end, names no other format's files: a prober would open nothing more)
+    if fmt is not None and image.probed_format not in (fmt, "raw"):
+        mismatch = mismatch_finding(path, fmt, by, image.probed_format, image.content, chain)
+        findings.append((mismatch, (fmt,)))
+    refs = d.references
+    if not standalone and all(ref.kind == "backing" for ref in refs):
+        refs = ()  # (the backing file is the edge, followed by expand)
+    return Facts(
+        _identity(image.file),
+        image.format,
+        image.probed_format,
+        d.virtual_size,
+        d.backing_filename,
+        d.backing_format,
+        tuple(findings),
+        refs,
+    )
+
+
+def named_facts(
+    fmt: str | None, allowed: frozenset[str] | None, standalone: bool
+) -> Callable[[str | None], Facts | None]:
+    """The work of a helper process: the :class:`Facts` of a file found
+    under the named paths (as :meth:`_Audit.read_named` reads it), or None
+    where the audit itself is to read it (a file behind a symlink, given as
+    None, whose root check comes first; any file that does not read
+    cleanly, whose error the audit reports as it always does)."""
+
+    def work(path: str | None) -> Facts | None:
+        if path is None:
+            return None
+        try:
+            return facts_of(read_image(path, fmt, tables=False, scan=True), fmt, (path,), "-f", allowed, standalone)
+        except Exception:
+            return None
+
+    return work
+
+
 class _Audit:
     def __init__(
         self,
@@ -307,6 +389,11 @@ class _Audit:
         #: Entries read for a reference other than the chain's next layer
         #: (an image a json: name opens as well): expanded in their turn.
         self.pending: list[ImageEntry] = []
+        #: The files found in the named folders (not through a symlink), by
+        #: path: a backing name that resolves to one of these exact paths is
+        #: that very file, already inside the roots and read (most edges of
+        #: a store), so it needs no further look at the file system.
+        self.found: dict[str, ImageEntry] = {}
 
     def failed(self, path: str, exc: Exception) -> None:
         """What imgchain raised on ``path`` without meaning to: an
@@ -329,10 +416,19 @@ class _Audit:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def node(self, path: str, info: FileInfo, fmt: str | None, source: str, via: ImageEntry | None) -> ImageEntry:
+    def node(
+        self,
+        path: str,
+        info: FileInfo | None,
+        fmt: str | None,
+        source: str,
+        via: ImageEntry | None,
+        facts: Facts | None = None,
+    ) -> ImageEntry:
         """The entry of ``info``'s file read as ``fmt`` (None: probed), read
-        now if it has not been yet."""
-        ident = _identity(info)
+        now if it has not been yet; or, given ``facts`` (a helper process's
+        reading of a named file), the entry of that file."""
+        ident = facts.ident if facts is not None else _identity(info)  # type: ignore[arg-type]
         readings = self.nodes.get(ident)
         for node in readings if isinstance(readings, list) else (readings,) if readings else ():
             # (a relative backing name means another file from another folder)
@@ -349,8 +445,12 @@ class _Audit:
             self.nodes[ident] = [readings, node]
         chain = node.chain()
         try:
-            image = read_image(path, fmt, tables=False, info=info, scan=True)
+            if facts is None:
+                image = read_image(path, fmt, tables=False, info=info, scan=True)
+                by = "-f" if via is None else repr(via.path)
+                facts = facts_of(image, fmt, chain, by, self.allowed, self.standalone)
         except FormatError as exc:
+            assert info is not None  # (facts are given only for an image that was read)
             node.probed_format, node.format_source = exc.probed_format, None
             if exc.opens and exc.probed_format == (fmt or exc.probed_format):
                 # qemu refuses the image, but what its header names is still opened by qemu before it
@@ -377,38 +477,22 @@ class _Audit:
             node.flags |= ImageEntry.FAILED
             self.add(error_finding(exc, path, None, chain), ident)
             return node
-        d = image.decoded
-        node.format, node.probed_format = image.format, image.probed_format
-        node.virtual_size = self.sizes.setdefault(d.virtual_size, d.virtual_size)  # one int per size, not per image
-        node.backing_name = d.backing_filename
+        node.format, node.probed_format = facts.format, facts.probed_format
+        size = facts.virtual_size
+        node.virtual_size = self.sizes.setdefault(size, size)  # one int per size, not per image
+        node.backing_name = facts.backing_name
         # One string for each format name, not one per image (a store has many).
-        node.backing_format = None if d.backing_format is None else sys.intern(d.backing_format)
-        for f in header_findings(path, d, chain):
-            self.add(f, ident, f.message)
-        if image.polyglot:
-            self.add(polyglot_finding(path, image.format, image.polyglot, chain), ident)
-        if image.format == "vmdk":
-            embedded = embedded_extent_finding(path, d, chain)
-            if embedded is not None:
-                self.add(embedded, ident)
-        if self.allowed is not None and image.format not in self.allowed:
-            allowed = ", ".join(sorted(self.allowed))
-            message = f"the image is {image.format}, which is not among the allowed formats ({allowed})"
-            self.add(finding("format-not-allowed", path, chain, message, format=image.format), ident)
-        refs = d.references
-        if refs:
+        node.backing_format = None if facts.backing_format is None else sys.intern(facts.backing_format)
+        for f, key in facts.findings:
+            self.add(f, ident, *key)
+        if facts.refs:
             if self.standalone:
-                self.not_standalone(node, refs, chain)
+                self.not_standalone(node, facts.refs, chain)
                 node.flags |= ImageEntry.EXPANDED  # nothing it names is followed
             else:
-                for ref in refs:
+                for ref in facts.refs:
                     if ref.kind != "backing":  # (the backing file is the edge, followed by expand)
                         self.side_reference(node, ref, chain)
-        # (a declared format that decodes, over content that probes as raw, such as a fixed VHD whose
-        # footer is at the end, names no other format's files: a prober would open nothing more)
-        if fmt is not None and image.probed_format not in (fmt, "raw"):
-            by = "-f" if via is None else repr(via.path)
-            self.add(mismatch_finding(path, fmt, by, image.probed_format, image.content, chain), ident, fmt)
         return node
 
     def extent_of_another(self, path: str, info: FileInfo) -> bool:
@@ -565,7 +649,12 @@ class _Audit:
 
     # -- the two passes ---------------------------------------------------------------------------
 
-    def read_named(self, path: str, is_link: bool) -> ImageEntry | None:
+    def read_named(self, path: str, is_link: bool, facts: Facts | None = None) -> ImageEntry | None:
+        """The entry of a file found under the named paths (``facts``: its
+        reading, made already by a helper process)."""
+        if facts is not None and not is_link:
+            node = self.node(path, None, self.fmt, "given" if self.fmt else "probed", None, facts)
+            return self.mark_named(node, path, is_link)
         if is_link:
             # A symlink in a folder: checked against the roots before anything
             # is looked at through it, then followed to files, not folders.
@@ -584,10 +673,14 @@ class _Audit:
         info = self.stat(path, None, inside=True)
         if info is None:
             return None
-        node = self.node(path, info, self.fmt, "given" if self.fmt else "probed", None)
+        return self.mark_named(self.node(path, info, self.fmt, "given" if self.fmt else "probed", None), path, is_link)
+
+    def mark_named(self, node: ImageEntry, path: str, is_link: bool) -> ImageEntry:
         node.flags |= ImageEntry.NAMED
         node.depth = 0
         node.via = None
+        if not is_link and node.path == path:  # (not a further name of a file read before)
+            self.found[path] = node
         return node
 
     def expand(self, node: ImageEntry) -> None:
@@ -605,6 +698,10 @@ class _Audit:
         recorded = node.backing_format
         if protocol_of(name) is None:  # the usual case: a plain path
             full = combine(node.path, name)
+            known = self.found.get(full)
+            if known is not None and known.decodes_as(recorded):  # (the usual case of the usual case)
+                self.edge(node, known, name, recorded, full)
+                return
         else:
             chain = (*node.chain(), name)
             model = self.model(node, name, recorded, chain, "backing file")
@@ -638,13 +735,16 @@ class _Audit:
         if info is None:
             return
         source = "recorded" if recorded is not None else "probed"
-        target_entry = self.node(full, info, recorded, source, node)
+        self.edge(node, self.node(full, info, recorded, source, node), name, recorded, full)
+
+    def edge(self, node: ImageEntry, target: ImageEntry, name: str, recorded: str | None, full: str) -> None:
+        """``node``'s backing file (named ``name``, resolved to ``full``) is ``target``."""
         if recorded is None:
-            nested = target_entry.backing_name is not None
+            nested = target.backing_name is not None
             chain = (*node.chain(), full)
-            self.add(unrecorded_finding(node.path, node.format or "", name, target_entry.probed_format, nested, chain))
-        node.next = target_entry
-        target_entry.add_dependent(node)
+            self.add(unrecorded_finding(node.path, node.format or "", name, target.probed_format, nested, chain))
+        node.next = target
+        target.add_dependent(node)
 
     def chains(self, named: list[ImageEntry]) -> None:
         """Follow each named image's chain along the edges: loops and depth.
@@ -725,6 +825,7 @@ class _Audit:
                 if f.image in moved:
                     self.findings[key] = Finding(f.code, f.severity, moved[f.image], f.chain, f.message, f.details)
         self.nodes.clear()
+        self.found.clear()
         images.sort(key=lambda e: e.path)
         findings = sorted(self.findings.values(), key=lambda f: (-f.severity, f.image, f.code, f.message))
         worst: dict[str, Severity] = {}
@@ -762,6 +863,7 @@ def audit(
     formats: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     on_image: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
 ) -> AuditReport:
     """Audit every image under ``paths``.  ``fmt`` declares the format of
     the named images, as a VM definition would.
@@ -775,8 +877,9 @@ def audit(
     patterns of files and folders to leave out of the walk of each named
     folder (see :func:`discover`); a file left out is still read when a chain
     names it.  ``on_image(done, total)``
-    is called as the named images are read (for a progress display; the
-    files are then listed first, to know the total).
+    is called as the named images are read (for a progress display).
+    ``jobs``: processes reading the named files (see
+    :func:`imgchain.parallel.ordered_map`; 1: this one only).
     """
     named_paths = [os.fspath(p) for p in paths]
     given = tuple(os.fspath(r) for r in roots)
@@ -799,22 +902,32 @@ def audit(
             run.add(error_finding(exc, path, None, (path,)), path, path)
         else:
             inside.append(path)
-    found: Iterable[tuple[str, bool]] = discover(inside, unreadable, exclude)
-    total = 0
-    if on_image is not None:
-        found = list(found)
-        total = len(found)
+    found: list[str] = []
+    linked: set[int] = set()  # (the indexes in found of symlinks: few)
+    for path, is_link in discover(inside, unreadable, exclude):
+        if is_link:
+            linked.add(len(found))
+        found.append(path)
+    total = len(found)
     named: list[ImageEntry] = []
-    for done, (path, is_link) in enumerate(found, 1):
-        try:
-            node = run.read_named(path, is_link)
-        except Exception as exc:  # one image must not stop the audit of a store
-            run.failed(path, exc)
-            node = None
-        if node is not None:
-            named.append(node)
-        if on_image is not None:
-            on_image(done, total)
+    # (a file behind a symlink is read by read_named, after its root check: never by a helper)
+    work = named_facts(fmt, run.allowed, standalone)
+    read = ordered_map(work, [None if i in linked else path for i, path in enumerate(found)] if linked else found, jobs)
+    try:
+        for done, (path, facts) in enumerate(zip(found, read, strict=True), 1):
+            is_link = done - 1 in linked
+            try:
+                node = run.read_named(path, is_link, facts)
+            except Exception as exc:  # one image must not stop the audit of a store
+                run.failed(path, exc)
+                node = None
+            if node is not None:
+                named.append(node)
+            if on_image is not None:
+                on_image(done, total)
+    finally:
+        read.close()
+    del found
     for folder, reason in unreadable:
         run.add(finding("image-unreadable", folder, (folder,), f"cannot be read: {reason}"))
     queue = deque(named)

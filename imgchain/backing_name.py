@@ -113,6 +113,8 @@ BackingName: TypeAlias = LocalPath | NetworkSource | DirSource
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
+    """A backing name as libvirt reads it: the source, and what a json: name wraps it in."""
+
     source: BackingName
     format: str | None = None  # the format driver a json: name wraps its file in, else None
     #: A json: raw driver's ``offset`` and ``size`` (libvirt's storage slice), else None.
@@ -234,6 +236,8 @@ def parse_backing_name(name: str) -> Parsed:
 
 @dataclass
 class _HostDraft:
+    """One host of a network source, while its name is being read."""
+
     name: str | None = None
     port: int = 0  # 0 is libvirt's "unset"
     transport: str = "tcp"
@@ -242,6 +246,8 @@ class _HostDraft:
 
 @dataclass
 class _Draft:
+    """A network source while its name is being read."""
+
     protocol: str
     path: str | None = None
     volume: str | None = None  # rbd pool, gluster volume: name is "volume/path"
@@ -322,6 +328,8 @@ _IP_LITERAL = _UNRESERVED | {":", "%"}
 
 @dataclass
 class _Uri:
+    """A URI split as libxml2's xmlParseURI splits it."""
+
     scheme: str
     user: str | None = None  # present (even empty) when "@" ended a user info part
     server: str | None = None

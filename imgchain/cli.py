@@ -29,8 +29,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from imgchain import __version__
+from imgchain import __version__, _deferred
 from imgchain.errors import ImgChainError, PathError, plain, quoted, shown
+
+_deferred.defer("pdb", "inspect")  # (before construct imports them: see imgchain._deferred)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 #: Every format qemu 7.2 can open an image file as (imgchain decodes them all).
@@ -52,8 +54,33 @@ class _OutputError(Exception):
         self.quiet = quiet
 
 
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` gives it (COLUMNS,
+    then the terminal of standard output, else 80), without importing
+    shutil (and the compression modules it imports) on every run."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout (see :func:`_columns`)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"imgchain: usage: {_line(message)} (see '{self.prog} --help')\n")
@@ -113,16 +140,26 @@ def _format_list(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command``, only that subcommand's
+    options are built (the others are listed, empty): what :func:`main`
+    needs to run one command, in a fraction of the time."""
     parser = _Parser(prog="imgchain", description="Offline disk image prober and backing-chain resolver.")
     parser.add_argument("--version", action="version", version=f"imgchain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    for name, add in _COMMANDS.items():
+        add(sub, command in (None, name))
+    return parser
 
+
+def _add_info(sub: Any, full: bool) -> None:
     info = sub.add_parser(
         "info",
         help="what qemu-img info says of an image, without qemu",
         description="Print what `qemu-img info` 7.2 prints for IMAGE (and, with --backing-chain, its backing files).",
     )
+    if not full:
+        return
     info.add_argument("-f", "--format", choices=FORMATS, help="the top image's format (default: probe it)")
     info.add_argument(
         "--backing-chain",
@@ -136,12 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("image", metavar="IMAGE", type=_PATH)
     info.set_defaults(run=_run_info)
 
+
+def _add_xml(sub: Any, full: bool) -> None:
     xml = sub.add_parser(
         "xml",
         help="libvirt-style XML for a disk and its backing chain, or check a domain's XML against the disks",
         description="Print one <disk> element for IMAGE and its resolved backing chain, or with --verify, "
         "check each <disk> of a domain XML against the images on disk (exit 1 on any difference).",
     )
+    if not full:
+        return
     xml.add_argument("-f", "--format", choices=FORMATS, help="the top image's format (default: probe it)")
     xml.add_argument(
         "--layout",
@@ -177,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     xml.add_argument("image", metavar="IMAGE", nargs="?", type=_PATH)
     xml.set_defaults(run=_run_xml)
 
+
+def _add_audit(sub: Any, full: bool) -> None:
     aud = sub.add_parser(
         "audit",
         help="find hostile or broken images and chains (format-probing attacks, escapes, loops ...)",
@@ -185,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 when no finding reaches --fail-on, 1 when one does (a PATH that cannot be read is an "
         "image-unreadable finding), 2 for usage.",
     )
+    if not full:
+        return
     aud.add_argument(
         "-f", "--format", choices=FORMATS, help="declare the format of the named images (default: probe each)"
     )
@@ -206,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave files, and folders (not walked), out of the walk of a named folder when their path "
         "relative to it, or (for a GLOB without /) their name, matches GLOB (fnmatch), e.g. '*.iso' "
         "(repeatable); a chain that names an excluded file still follows it (default: none)",
+    )
+    aud.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="processes that read a large store's files (at least 1,000 of them) in parallel; 1 reads them in "
+        "this process only (default: the number of CPUs this process may use)",
     )
     aud.add_argument(
         "--standalone",
@@ -247,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         "paths", metavar="PATH", nargs="+", type=_PATH, help="an image, or a folder of images (walked recursively)"
     )
     aud.set_defaults(run=_run_audit)
-    return parser
+
+
+#: Each subcommand, and what adds its parser.
+_COMMANDS = {"info": _add_info, "xml": _add_xml, "audit": _add_audit}
 
 
 def _write(text: str) -> None:
@@ -395,6 +452,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     from imgchain.audit import audit
     from imgchain.chain import MAX_DEPTH
     from imgchain.emit import audit as out
+    from imgchain.parallel import usable_cpus
     from imgchain.policy import Severity
 
     if args.graph is not None and args.output != "human":
@@ -416,6 +474,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             formats=args.formats,
             exclude=args.exclude,
             on_image=progress,
+            jobs=args.jobs or usable_cpus(),
         )
     finally:
         if progress is not None:
@@ -509,8 +568,9 @@ def _lines(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # (the command is the first word, unless an option such as --help or --version comes first)
+    args = build_parser(words[0] if words and words[0] in _COMMANDS else None).parse_args(words)
     if sys.stdout is None:  # started with stdout closed: say so before any work whose output would be lost
         print("imgchain: standard output is closed; nothing done", file=sys.stderr)
         return EXIT_FAIL

@@ -73,6 +73,8 @@ class DiskLayer:
 
 @dataclass(frozen=True, slots=True)
 class DiskChain:
+    """The layers of one disk's chain (or of its mirror's), top first."""
+
     layers: tuple[DiskLayer, ...]
     #: The last layer is known to have no backing file.
     ends: bool = True
@@ -93,6 +95,8 @@ class DiskChain:
 
 @dataclass(frozen=True, slots=True)
 class Disk:
+    """One <disk>: its chain, its mirror's, and its target."""
+
     chain: DiskChain
     mirror: DiskChain | None = None
     target: str = "vda"

@@ -54,6 +54,8 @@ class Severity(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Code:
+    """One finding code: its usual severity, and what the README says of it."""
+
     code: str
     severity: Severity  #: the usual severity (backing-format-unrecorded can be either)
     meaning: str
@@ -233,6 +235,8 @@ CODES: dict[str, Code] = {
 
 @dataclass(frozen=True, slots=True)
 class Finding:
+    """One finding of the audit, on one image."""
+
     code: str
     severity: Severity
     image: str  #: the image concerned

@@ -52,6 +52,8 @@ class Difference:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What checking one <disk> against the images found: its differences."""
+
     differences: list[Difference]
     #: For a disk whose XML declares no chain: how many layers libvirt will
     #: find when the domain starts (None when the XML declares the chain).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgchain.audit import AuditReport, ImageEntry
@@ -113,11 +113,29 @@ def _replaced(text: str) -> str:
     return _raw(text).decode("utf-8", "replace")
 
 
-def _dumps(obj: dict[str, Any], **options: Any) -> str:
+def _encoder() -> Callable[[Any], str]:
+    """``json.dumps`` with its defaults (compact, ASCII), as one C encoder
+    made once: ``json.dumps`` makes a new one for every call, which costs
+    as much as encoding an image's few fields."""
+    from json import encoder
+
+    try:  # (the arguments json.JSONEncoder.iterencode gives it, for json.dumps's defaults)
+        make = encoder.c_make_encoder(  # type: ignore[misc]
+            None, json.JSONEncoder().default, encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        )
+    except TypeError:  # (a Python without the C accelerator, or with another one)
+        return json.dumps
+    return lambda obj: "".join(make(obj, 0))
+
+
+_encode = _encoder()
+
+
+def _dumps(obj: dict[str, Any]) -> str:
     """JSON that is valid UTF-8 (ASCII, in fact) whatever the names in ``obj``."""
-    text = json.dumps(obj, ensure_ascii=True, **options)
+    text = _encode(obj)
     if "\\ud" in text:  # a lone surrogate, or (rarely, and harmlessly) a pair for a character past U+FFFF
-        text = json.dumps(_valid(obj), ensure_ascii=True, **options)
+        text = _encode(_valid(obj))
     return text
 
 
