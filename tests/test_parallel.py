@@ -46,9 +46,7 @@ def test_results_in_order_with_the_caller_s_share_left_to_it(helpers_always, job
     got = list(ordered_map(square, items, jobs))
     assert len(got) == len(items)
     # The caller's batches come back as None; every other result is the helper's, in its place.
-    assert {i for i, r in enumerate(got) if r is not None} == {
-        i for i in items if i % 7 and (i // 2) % (jobs) != 0
-    }
+    assert {i for i, r in enumerate(got) if r is not None} == {i for i in items if i % 7 and (i // 2) % (jobs) != 0}
     assert all(r == i * i for i, r in enumerate(got) if r is not None)
     assert no_children_left()
 
@@ -126,7 +124,7 @@ def hostile_store(root: pathlib.Path) -> None:
     put(h / "data.qcow2", (FIXTURES / "misc/data-file.qcow2").read_bytes())
     put(h / "data.raw", (FIXTURES / "misc/data.raw").read_bytes())
     put(h / "empty.raw", b"")
-    vmdk = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/shadow\" 0\n"
+    vmdk = b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "/etc/shadow" 0\n'
     put(h / "extent.vmdk", vmdk)
 
 

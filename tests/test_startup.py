@@ -33,7 +33,8 @@ def test_commands_never_import_pdb_or_inspect() -> None:
             main(args)
         sys.stdout.flush()
         os.dup2(real, 1)
-        print(sorted(m for m in ("pdb", "bdb", "inspect", "dis", "ast") if type(sys.modules.get(m)).__name__ == "module"))
+        loaded = [m for m in ("pdb", "bdb", "inspect", "dis", "ast") if type(sys.modules.get(m)).__name__ == "module"]
+        print(sorted(loaded))
         """
     )
     assert out.strip() == "[]"
