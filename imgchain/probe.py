@@ -68,6 +68,8 @@ READ_AHEAD = 64 * 1024
 #: far as its header says it may reach (see :meth:`_Reader.allow`).
 READ_CAP = 16 * 1024 * 1024
 
+_new_tuple = tuple.__new__  # (a record from its fields, without the NamedTuple's own __new__)
+
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 T = TypeVar("T")
@@ -284,7 +286,7 @@ def stat_image(path: str | os.PathLike[str]) -> FileInfo:
         raise _os_error(path, exc) from None
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        return FileInfo(path, "file", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
+        return _new_tuple(FileInfo, (path, "file", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino))
     if stat.S_ISBLK(mode):
         return FileInfo(path, "block", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
     raise NotRegularFileError(path, f"{_describe(mode)}, not an image; not opened")
@@ -420,12 +422,13 @@ def read_image(
         snapshots: tuple[qcow2.Snapshot, ...] = ()
         bitmaps: tuple[qcow2.Bitmap, ...] = ()
         luks_header = None
-        fde = getattr(decoded, "full_disk_encryption", None)
+        is_qcow2 = module is qcow2  # (only a qcow2 has a LUKS header, a snapshot table, bitmaps)
+        fde = decoded.full_disk_encryption if is_qcow2 else None
         if fde is not None:
             from imgchain.formats import luks  # only LUKS-encrypted images need it
 
             luks_header = reader.fill(lambda w: luks.decode(w, fde.offset), win, luks.NAME)
-        if tables and isinstance(decoded, qcow2.Qcow2Image):
+        if tables and is_qcow2:
             ext = decoded.bitmaps_extension
             reader.allow(qcow2.snapshot_table_span(decoded) + (ext.bitmap_directory_size if ext else 0))
             try:
@@ -446,21 +449,24 @@ def read_image(
         decoded, extent_files = _read_extents(path, decoded)
     if info.kind == "block":
         info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
-    # (positional: the fields in order, as this is run for every image)
-    return Image(
-        path,
-        info,
-        module.NAME,
-        source,
-        probed,
-        decoded,
-        content,
-        snapshots,
-        bitmaps,
-        luks_header,
-        reader.total,
-        signatures,
-        extent_files,
+    # (the fields in order, made as _make makes them: this is run for every image)
+    return _new_tuple(
+        Image,
+        (
+            path,
+            info,
+            module.NAME,
+            source,
+            probed,
+            decoded,
+            content,
+            snapshots,
+            bitmaps,
+            luks_header,
+            reader.total,
+            signatures,
+            extent_files,
+        ),
     )
 
 
