@@ -57,11 +57,14 @@ no accident either.
 Reads
 -----
 Everything below 4096 (:data:`FIRST_READ`, the probe's first read) comes
-from the first chunk.  What lies above is asked for in one piece: for a
-header range past sector 16, ``[4096, min(header_end, 0x32000, file size))``
-(a default, 64 KiB cluster image: ``[4096, 65536)``); for 8 to 32 KiB, the
-8 bytes of a GPT header at 4096; for 4 KiB and less, nothing.  Nothing past
-the header range or the file is asked for.
+from the first chunk.  Above it, two ranges at most are read: the 8 bytes
+of a GPT header at 4096 (for a header range past 4104 bytes), and for a
+header range past sector 16, its sectors from 16 on, ``[0x8000,
+min(header_end, 0x32000, file size))`` (a default, 64 KiB cluster image:
+``[0x8000, 0x10000)``).  The bytes between are looked at by no reader, and
+not read: for a 64 KiB cluster that is 28 KiB less per image than one read
+from 4096 on, about 2.5 µs.  Nothing past the header range or the file is
+asked for.
 
 qemu 7.2 and the VDI signature
 ------------------------------
@@ -89,7 +92,7 @@ __all__ = [
     "plan",
     "signatures",
     "signatures_in",
-    "span",
+    "spans",
 ]
 
 
@@ -149,65 +152,72 @@ def foreign_signatures(win: Window, fmt: str, header_end: int) -> tuple[Signatur
 
     ``header_end`` comes from :func:`header_end_of`.  Signatures of ``fmt``
     itself are its own header, not foreign.  Raises
-    :class:`~imgchain.formats.NeedBytes` (once at most, for
-    ``[FIRST_READ, min(header_end, SCAN_END))``) when the window lacks bytes
-    the file holds; never reads past the file's end, so a truncated file
-    gives what its bytes show and no error."""
+    :class:`~imgchain.formats.NeedBytes` (at most twice: for the ranges
+    :func:`spans` names) when the window lacks bytes the file holds; never
+    reads past the file's end, so a truncated file gives what its bytes show
+    and no error."""
     end = min(header_end, win.size)
     if fmt == "raw" or end < _MIN_END:
         return ()
     low = win.get(0, min(end, FIRST_READ), fmt, "polyglot signatures")
-    where = span(header_end, win.size)
-    high = b"" if where is None else win.get(where[0], where[1], fmt, "polyglot signatures")
-    return signatures_in(low, high, fmt)
+    gpt, descriptors = (
+        win.get(offset, length, fmt, "polyglot signatures") if length else b"" for offset, length in spans(end)
+    )
+    return signatures_in(low, gpt, descriptors, fmt)
 
 
-def plan(image: DecodedImage, size: int) -> tuple[int, int, int] | None:
-    """What the scan of ``image`` (a file of ``size`` bytes) needs, in one
-    call for the probe: None where there is nothing to scan, else
-    (header_end, offset, length) with the one range beyond the first read
-    (length 0: none)."""
+def plan(image: DecodedImage, size: int) -> tuple[int, tuple[tuple[int, int], tuple[int, int]]] | None:
+    """What the scan of ``image`` (a file of ``size`` bytes) needs: None
+    where there is nothing to scan, else (header_end, the two ranges of
+    :func:`spans`)."""
     header_end = header_end_of(image)
     if header_end < _MIN_END or size < _MIN_END:
         return None
-    where = span(header_end, size)
-    return (header_end, 0, 0) if where is None else (header_end, *where)
+    return header_end, spans(min(header_end, size))
 
 
 def signatures(
     image: DecodedImage, first: bytes, size: int, read: Callable[[int, int], bytes]
 ) -> tuple[Signature, ...]:
-    """The probe's one call: :func:`plan`, the one read it names (``read(length,
-    offset)``, the probe's bounded reader), and :func:`signatures_in`."""
+    """The probe's one call: the ranges :func:`spans` names, read with
+    ``read(length, offset)`` (the probe's bounded reader; none for an empty
+    range), and :func:`signatures_in`."""
     header_end = header_end_of(image)
     if header_end < _MIN_END or size < _MIN_END:
         return ()
-    where = span(header_end, size)
-    high = b""
-    if where is not None:
-        high = read(where[1], where[0])
-        if len(high) < where[1]:  # the file shrank under us
-            raise TruncatedError(image.format, f"short read at {where[0]}", offset=where[0])
-    return signatures_in(first, high, image.format, header_end)
+    gpt, descriptors = (
+        _read_exactly(read, offset, length, image.format) if length else b""
+        for offset, length in spans(min(header_end, size))
+    )
+    return signatures_in(first, gpt, descriptors, image.format, header_end)
 
 
-def span(header_end: int, size: int) -> tuple[int, int] | None:
-    """The one range beyond the first :data:`FIRST_READ` bytes that the scan
-    of a ``size``-byte file with header range ``header_end`` needs, as
-    (offset, length), or None: the sectors from 16 on (and GPT at 4096) in
-    one piece, or only the 8 bytes of a GPT header at 4096."""
-    end = min(header_end, size)
-    if end > FIRST_DESCRIPTOR:
-        return FIRST_READ, min(end, SCAN_END) - FIRST_READ
-    if end >= FIRST_READ + len(GPT_MAGIC):
-        return FIRST_READ, len(GPT_MAGIC)
-    return None
+def _read_exactly(read: Callable[[int, int], bytes], offset: int, length: int, fmt: str) -> bytes:
+    data = read(length, offset)
+    if len(data) < length:  # the file shrank under us
+        raise TruncatedError(fmt, f"short read at {offset}", offset=offset)
+    return data
 
 
-def signatures_in(low: bytes, high: bytes, fmt: str, header_end: int | None = None) -> tuple[Signature, ...]:
+def spans(end: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two ranges beyond the first :data:`FIRST_READ` bytes that the scan
+    of a header range ending at ``end`` (already cut to the file's size)
+    looks at, as (offset, length), length 0 where there is none: the 8 bytes
+    of a GPT header at 4096, and the sectors from 16 on, up to
+    :data:`SCAN_END`.  (The bytes between are not read: nothing is looked
+    for there.)"""
+    gpt = (FIRST_READ, len(GPT_MAGIC)) if end >= FIRST_READ + len(GPT_MAGIC) else (FIRST_READ, 0)
+    sectors = (FIRST_DESCRIPTOR, min(end, SCAN_END) - FIRST_DESCRIPTOR) if end > FIRST_DESCRIPTOR else (0, 0)
+    return gpt, sectors
+
+
+def signatures_in(
+    low: bytes, gpt: bytes, descriptors: bytes, fmt: str, header_end: int | None = None
+) -> tuple[Signature, ...]:
     """The scan itself, on the header range's first :data:`FIRST_READ` bytes
-    (``low``; or the file's first bytes, and ``header_end``) and the range
-    :func:`span` names (``high``, or b"")."""
+    (``low``; or the file's first bytes, and ``header_end``), the 8 bytes at
+    4096 (``gpt``, or b"") and the sectors from 16 on (``descriptors``,
+    from file offset :data:`FIRST_DESCRIPTOR`, or b""): see :func:`spans`."""
     if header_end is not None and header_end < len(low):
         low = low[:header_end]
     # The usual case, in a few C calls: no signature where it would be.
@@ -217,23 +227,21 @@ def signatures_in(low: bytes, high: bytes, fmt: str, header_end: int | None = No
         or low.startswith(GPT_MAGIC, 512)
         or low.startswith(GPT_MAGIC, 1024)
         or low.startswith(GPT_MAGIC, 2048)
-        or high.startswith(GPT_MAGIC)
+        or gpt == GPT_MAGIC
     ):
-        if len(high) <= FIRST_DESCRIPTOR - FIRST_READ:
+        if not descriptors:
             return ()
-        descriptors = _descriptors(high)  # (itself quick where there are none)
-        return tuple(s for s in descriptors if s.format != fmt) if descriptors else ()
+        found = _descriptors(descriptors)  # (itself quick where there are none)
+        return tuple(s for s in found if s.format != fmt) if found else ()
     found = []
     if low.startswith(VDI_MAGIC, VDI_OFFSET):
         found.append(Signature("vdi", VDI_OFFSET, "VDI signature 0xbeda107f (qemu probes it with score 100)"))
     if low.startswith(MBR_MAGIC, MBR_OFFSET):
         found.append(Signature("mbr", MBR_OFFSET, _mbr(low)))
     for sector in GPT_SECTOR_SIZES:
-        buf, at = (low, sector) if sector < FIRST_READ else (high, sector - FIRST_READ)
-        if buf.startswith(GPT_MAGIC, at):
+        if (gpt == GPT_MAGIC) if sector == FIRST_READ else low.startswith(GPT_MAGIC, sector):
             found.append(Signature("gpt", sector, f"GPT header at LBA 1 of {sector}-byte sectors"))
-    if len(high) > FIRST_DESCRIPTOR - FIRST_READ:
-        found.extend(_descriptors(high))
+    found.extend(_descriptors(descriptors))
     return tuple(s for s in found if s.format != fmt)
 
 
@@ -245,25 +253,24 @@ def _mbr(sector0: bytes) -> str:
     return f"MBR boot signature 0x55AA (partition types {used or 'none'})"
 
 
-def _descriptors(high: bytes) -> list[Signature]:
+def _descriptors(sectors: bytes) -> list[Signature]:
     """ISO 9660, High Sierra and UDF descriptors in the 2048-byte sectors
-    from 16 on (``high`` starts at file offset FIRST_READ)."""
-    start = FIRST_DESCRIPTOR - FIRST_READ
+    from 16 on (``sectors`` starts at file offset FIRST_DESCRIPTOR)."""
     # The usual case: the header range is zero there; one look at the byte
     # each signature starts with, in every sector, says so.
-    if not (high[start + 1 :: SECTOR].strip(b"\0") or high[start + 9 :: SECTOR].strip(b"\0")):
+    if not (sectors[1::SECTOR].strip(b"\0") or sectors[9::SECTOR].strip(b"\0")):
         return []
     found = []
-    for pos in range(start, len(high), SECTOR):
-        offset = FIRST_READ + pos
-        ident = high[pos + 1 : pos + 6]
+    for pos in range(0, len(sectors), SECTOR):
+        offset = FIRST_DESCRIPTOR + pos
+        ident = sectors[pos + 1 : pos + 6]
         if ident == b"CD001":
-            kind, version = high[pos], high[pos + 6 : pos + 7]
+            kind, version = sectors[pos], sectors[pos + 6 : pos + 7]
             name = ISO_TYPES.get(kind, f"type {kind}")
             ver = f"version {version[0]}" if version else "version missing"
             found.append(Signature("iso9660", offset + 1, f"ISO 9660 {name} volume descriptor ({ver})"))
         elif ident in UDF_IDENTIFIERS:
             found.append(Signature("udf", offset + 1, f"UDF volume recognition: {UDF_IDENTIFIERS[ident]}"))
-        elif high[pos + 9 : pos + 14] == b"CDROM":
+        elif sectors[pos + 9 : pos + 14] == b"CDROM":
             found.append(Signature("iso9660", offset + 9, "High Sierra volume descriptor (CDROM)"))
     return found
