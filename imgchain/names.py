@@ -21,12 +21,10 @@ def protocol_of(name: str) -> str | None:
     qemu's rule (``path_has_protocol``): a colon that comes before any
     slash.  So ``dir/a:b`` is a path and ``a:b`` is protocol ``a``.
     """
-    for i, ch in enumerate(name):
-        if ch == ":":
-            return name[:i]
-        if ch == "/":
-            return None
-    return None
+    colon = name.find(":")
+    if colon < 0 or name.find("/", 0, colon) >= 0:
+        return None
+    return name[:colon]
 
 
 def has_protocol(name: str) -> bool:
