@@ -443,7 +443,7 @@ class _Audit:
             readings.append(node)
         else:
             self.nodes[ident] = [readings, node]
-        chain = node.chain()
+        chain = (path,) if via is None else node.chain()
         try:
             if facts is None:
                 image = read_image(path, fmt, tables=False, info=info, scan=True)
