@@ -32,6 +32,7 @@ __all__ = [
     "c_string",
     "flat",
     "has_none_of",
+    "make_record",
     "parse",
     "unpack",
 ]
@@ -67,6 +68,13 @@ class Window:
             self._memo = {}
         return self._memo
 
+    @property
+    def head(self) -> bytes:
+        """The bytes read first, from offset 0 (a whole file in memory, or
+        the probe's first read): a decoder may look into them directly,
+        without a :meth:`get` for each field, but not past what they hold."""
+        return self._chunks[0][1]
+
     def add(self, offset: int, data: bytes) -> None:
         """Make ``data``, read at file ``offset``, visible to decoders."""
         self._chunks.append((offset, data))
@@ -93,6 +101,12 @@ class Window:
             if start <= offset and end <= start + len(data):
                 return data[offset - start : end - start]
         raise NeedBytes(offset, max(length, min(ahead, self.size - offset)))
+
+
+#: A record (a NamedTuple class) made from a tuple of its fields in order,
+#: as ``_make`` makes it, without the Python-level ``__new__`` of the class:
+#: ``make_record(Image, (path, ...))``, for records made for every image.
+make_record: Any = tuple.__new__
 
 
 def as_window(data: bytes | Window) -> Window:

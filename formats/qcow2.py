@@ -21,7 +21,7 @@ from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from imgchain.errors import FormatError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, c_string, flat, parse, unpack
+from ._base import Reference, Window, as_window, c_string, flat, make_record, parse, unpack
 
 NAME = "qcow2"
 MAGIC = b"QFI\xfb"
@@ -466,7 +466,7 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
             # The rest of the header (bytes 105.. header_length) is padding or
             # fields newer than this decoder: they still have to be there.
             rest = win.get(V3_MIN_HEADER_LENGTH, header_length - V3_MIN_HEADER_LENGTH, NAME, "header", 100)
-            (compression_type,) = unpack(QCOW2_COMPRESSION_TYPE, rest[:1], NAME, "compression_type", 104)
+            compression_type = rest[0]  # (QCOW2_COMPRESSION_TYPE: one unsigned byte)
         header = Qcow2Header._make((*fields, compression_type))
     _check_header(header)
     return header
@@ -573,9 +573,10 @@ def decode(data: bytes | Window) -> Qcow2Image:
     unknown: list[HeaderExtension] = []
     n_unknown = 0
     # The walk reads the area through ``area`` (file bytes from ``base`` on):
-    # one small read per extension for the first few, then, for a header
+    # the first read (which usually holds the whole area), then one small
+    # read per extension for the first few beyond it, then, for a header
     # with many, the rest of the area in one piece.
-    area, base = b"", 0
+    area, base = win.head, 0
     walked = 0
     offset = h.header_length
     while offset < ext_end:
@@ -648,17 +649,20 @@ def decode(data: bytes | Window) -> Qcow2Image:
         raw = win.get(h.backing_file_offset, size, NAME, "backing file name", OFFSETS["backing_file_offset"])
         backing = c_string(raw) or None
 
-    # (positional, in field order: this runs for every image)
-    return Qcow2Image(
-        h,
-        backing,
-        backing_format if backing else None,
-        data_file,
-        feature_table,
-        bitmaps,
-        crypto,
-        tuple(unknown),
-        n_unknown,
+    # (positional, in field order, as _make makes it: this runs for every image)
+    return make_record(
+        Qcow2Image,
+        (
+            h,
+            backing,
+            backing_format if backing else None,
+            data_file,
+            feature_table,
+            bitmaps,
+            crypto,
+            tuple(unknown),
+            n_unknown,
+        ),
     )
 
 

@@ -37,6 +37,7 @@ from imgchain.errors import (
     TruncatedError,
 )
 from imgchain.formats import NeedBytes, Window, polyglot, qcow2
+from imgchain.formats._base import make_record
 
 if TYPE_CHECKING:
     from imgchain.formats import luks, vmdk
@@ -67,8 +68,6 @@ READ_AHEAD = 64 * 1024
 #: up to QCOW2_MAX_BITMAP_DIRECTORY_SIZE (64 MiB less 64 KiB), each only as
 #: far as its header says it may reach (see :meth:`_Reader.allow`).
 READ_CAP = 16 * 1024 * 1024
-
-_new_tuple = tuple.__new__  # (a record from its fields, without the NamedTuple's own __new__)
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -286,7 +285,7 @@ def stat_image(path: str | os.PathLike[str]) -> FileInfo:
         raise _os_error(path, exc) from None
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        return _new_tuple(FileInfo, (path, "file", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino))
+        return make_record(FileInfo, (path, "file", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino))
     if stat.S_ISBLK(mode):
         return FileInfo(path, "block", st.st_size, st.st_blocks * 512, st.st_dev, st.st_ino)
     raise NotRegularFileError(path, f"{_describe(mode)}, not an image; not opened")
@@ -450,7 +449,7 @@ def read_image(
     if info.kind == "block":
         info = FileInfo(info.path, info.kind, size, info.allocated, info.dev, info.ino)
     # (the fields in order, made as _make makes them: this is run for every image)
-    return _new_tuple(
+    return make_record(
         Image,
         (
             path,
