@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, TypeVar
 
@@ -50,10 +51,12 @@ def ordered_map(work: Callable[[T], R | None], items: Sequence[T], jobs: int) ->
     computed it, or None where the caller is to do that item itself (its own
     share of the batches, or what a helper could not do).
 
-    With ``jobs`` > 1 and at least :data:`MIN_ITEMS` items (and ``fork``),
-    ``jobs - 1`` helpers are started.  Run the generator to its end or close
-    it: either stops and reaps the helpers."""
-    helpers = max(0, jobs - 1) if len(items) >= MIN_ITEMS and hasattr(os, "fork") else 0
+    With ``jobs`` > 1 and at least :data:`MIN_ITEMS` items, ``jobs - 1``
+    helpers are started, where ``fork`` is safe: on a system that has it, in
+    a process with no other thread running (a fork copies one thread, and
+    any lock another one holds stays held in the copy).  Run the generator
+    to its end or close it: either stops and reaps the helpers."""
+    helpers = max(0, jobs - 1) if len(items) >= MIN_ITEMS and _can_fork() else 0
     if not helpers:
         yield from (None for _ in items)
         return
@@ -74,6 +77,11 @@ def ordered_map(work: Callable[[T], R | None], items: Sequence[T], jobs: int) ->
         for proc in procs:
             if proc is not None:
                 _reap(*proc)
+
+
+def _can_fork() -> bool:
+    threading = sys.modules.get("threading")  # (not imported: no thread but this one)
+    return hasattr(os, "fork") and (threading is None or threading.active_count() == 1)
 
 
 def _start(work: Callable[[T], R | None], batches: list[Sequence[T]]) -> tuple[int, BinaryIO] | None:

@@ -57,6 +57,20 @@ def test_small_inputs_and_one_job_use_no_helper(monkeypatch):
     assert list(ordered_map(square, list(range(5000)), 1)) == [None] * 5000
 
 
+def test_no_helper_while_another_thread_runs(helpers_always):
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert list(ordered_map(square, list(range(20)), 4)) == [None] * 20
+    finally:
+        stop.set()
+        thread.join()
+    assert list(ordered_map(square, list(range(20)), 2))[2:4] == [4, 9]  # (the thread is gone: helpers again)
+
+
 def die_at_11(n: int) -> int:
     if n == 11:
         os._exit(3)  # a helper that dies mid-way

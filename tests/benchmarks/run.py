@@ -177,6 +177,7 @@ def heavy(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
         "json": [*audit, "--output", "json", str(work)],
         "jsonl": [*audit, "--output", "jsonl", str(work)],
         "human": [*audit, str(work)],
+        "json1": [*audit, "--jobs", "1", "--output", "json", str(work)],
     }
     runs: dict[str, list[float]] = {k: [] for k in jobs}
     rss: dict[str, int] = {}
@@ -195,6 +196,8 @@ def heavy(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
     for name in ("json", "jsonl", "human"):
         label = f"imgchain audit --output {name} STORE"
         print(f"| {label:<52} | {statistics.median(runs[name]):>12.3f} | {'s':<9} |")
+    label = "the same, --output json --jobs 1 (one process)"
+    print(f"| {label:<52} | {statistics.median(runs['json1']):>12.3f} | {'s':<9} |")
     print(f"| {'qemu-img info --backing-chain loop over the tops':<52} | {qemu_s:>12.3f} | {'s':<9} |")
     print(f"| {'imgchain audit --output json STORE, peak RSS':<52} | {rss['json'] / 1024:>12.1f} | {'MiB':<9} |")
     out = []
