@@ -11,13 +11,16 @@ that qemu 7.2's ``vmdk_open`` applies:
   other line is ``version=1``, ``2`` or ``3`` (then LF or CRLF).  An empty
   line (no space on it) ends the search: the file is not vmdk.
 * **Descriptor text** is read as a C string of at most
-  :data:`DESC_READ_CAP` bytes (``vmdk_read_desc``).  ``createType`` is found
-  by substring search, its value up to the next ``"`` (at most 127 bytes),
-  and must be one of :data:`DESCRIPTOR_CREATE_TYPES`.  Extent lines are read
-  with qemu's ``sscanf`` pattern (emulated exactly here, whitespace across
-  line ends included, by :func:`scan_extent_line`); only ``RW`` lines of
-  types FLAT, SPARSE, VMFS, VMFSSPARSE and SESPARSE with a positive size are
-  opened, the rest are skipped, and a malformed line refuses the image.
+  :data:`DESC_READ_CAP` bytes (``vmdk_read_desc``; imgchain reads the file
+  only as far as the string's NUL).  ``createType`` is found by substring
+  search, its value up to the next ``"`` (at most 127 bytes), and must be
+  one of :data:`DESCRIPTOR_CREATE_TYPES`.  Extent lines are read with
+  qemu's ``sscanf`` pattern (emulated exactly here, whitespace across line
+  ends included, by :func:`scan_extent_line`, and matched over the whole
+  text by one regular expression that the tests hold to it); only ``RW``
+  lines of types FLAT, SPARSE, VMFS, VMFSSPARSE and SESPARSE with a
+  positive size are opened, the rest are skipped, and a malformed line
+  refuses the image.
 * **CID, parentCID, parentFileNameHint** are found by substring search in
   the first :data:`DESC_SIZE` bytes of the descriptor (at 0 in a descriptor
   file, at 0x200 in a sparse file, whatever ``desc_offset`` says).  A
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -521,6 +525,41 @@ def _c_text(raw: bytes) -> bytes:
     return raw if nul < 0 else raw[:nul]
 
 
+def _c_text_at(win: Window, offset: int, length: int, field: str) -> bytes:
+    """``_c_text(_read_padded(win, offset, length, field))``, read only as far
+    as its NUL (see :func:`_read_pieces`)."""
+    end = min(offset + length, win.size)
+    stop = min(end, max(SECTOR, 1 << offset.bit_length()))
+    if offset < stop:  # the usual case: the string ends in the first piece
+        data = win.get(offset, stop - offset, NAME, field, offset, ahead=end - offset)
+        nul = data.find(b"\0")
+        if nul >= 0:
+            return data[:nul]
+        if stop == end:
+            return data
+    return _read_pieces(win, offset, length, field, to_nul=True)
+
+
+def _read_pieces(win: Window, offset: int, length: int, field: str, to_nul: bool = False) -> bytes:
+    """The ``length`` bytes at ``offset`` that the file holds (or, with
+    ``to_nul``, those before the first NUL), in pieces that end at powers
+    of two (512, 1024 ...): a window's first read serves the pieces it
+    holds whole, the rest of the range is asked for in one read from the
+    first piece it lacks, and pieces of a later range fall in the same reads."""
+    end = min(offset + length, win.size)
+    pos = offset
+    parts = []
+    while pos < end:
+        stop = min(end, max(SECTOR, 1 << pos.bit_length()))
+        data = win.get(pos, stop - pos, NAME, field, offset, ahead=end - pos)
+        if to_nul and (nul := data.find(b"\0")) >= 0:
+            parts.append(data[:nul])
+            break
+        parts.append(data)
+        pos = stop
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _readable(offset: int, length: int) -> bool:
     """Whether qemu's block layer accepts this read (``bdrv_check_request``)."""
     return 0 <= offset <= MAX_LENGTH and length <= MAX_LENGTH - offset
@@ -639,30 +678,73 @@ def scan_extent_line(text: bytes, pos: int) -> ScannedLine:
 
 # -- descriptor text -------------------------------------------------------------
 
-_DDB_LINE = re.compile(rb'[ \t]*(ddb\.[^\s="]+)[ \t]*=[ \t]*"([^"\r\n]*)"')
-_VERSION_LINE = re.compile(rb"[ \t]*version[ \t]*=[ \t]*(\d{1,9})[ \t]*\r?$")
+# The descriptor is read line by line as qemu reads it, but by a few searches
+# in C over the whole text rather than by a loop over its lines in Python:
+# each pattern below starts with the "\n" before a line, and is searched for
+# in the text with a "\n" put before it (so that the first line has one too).
+_VERSION_LINE = re.compile(rb"\n[ \t]*version[ \t]*=[ \t]*(\d{1,9})[ \t]*\r?(?![^\n])")
+#: On the text decoded (``surrogateescape``) as a whole: every byte the
+#: pattern stops at is ASCII, which UTF-8 never puts inside a character, so
+#: each group is the decoded bytes the same pattern in bytes would give.
+#: (``\s`` as in bytes, written out: in str it would match more.)
+_DDB_LINE = re.compile(r'\n[ \t]*(ddb\.[^ \t\n\r\f\v="]+)[ \t]*=[ \t]*"([^"\r\n]*)"')
+#: qemu's extent-line ``sscanf`` (:func:`scan_extent_line`) from a line's
+#: first byte that is not blank, where it makes four conversions or five:
+#: groups access, sectors, type, filename and offset (None for four).  Each
+#: conversion matches possessively, as ``sscanf`` never gives back what one
+#: read: ``X{m,n}+`` where ``re`` has it (3.11 on), else ``(?=(X))\N``.
+_EXTENT_LINE_PORTABLE = re.compile(
+    rb"\n[ \t\v\f\r]*"
+    rb"(?=([^ \t\n\v\f\r]{1,10}))\1"  # %10s
+    rb"[ \t\n\v\f\r]*(?=([+-]?[0-9]+))\2"  # %ld
+    rb"[ \t\n\v\f\r]*(?=([^ \t\n\v\f\r]{1,10}))\3"  # %10s
+    rb'[ \t\n\v\f\r]*"(?=([^\n\r"]{1,511}))\4'  # "%511[^\n\r"]
+    rb'(?:"(?:[ \t\n\v\f\r]*([+-]?[0-9]+))?)?'  # " %ld
+)
+_EXTENT_LINE_POSSESSIVE = (
+    rb"\n[ \t\v\f\r]*+"
+    rb"([^ \t\n\v\f\r]{1,10}+)"  # %10s
+    rb"[ \t\n\v\f\r]*+([+-]?+[0-9]++)"  # %ld
+    rb"[ \t\n\v\f\r]*+([^ \t\n\v\f\r]{1,10}+)"  # %10s
+    rb'[ \t\n\v\f\r]*+"([^\n\r"]{1,511}+)'  # "%511[^\n\r"]
+    rb'(?:"(?:[ \t\n\v\f\r]*+([+-]?+[0-9]++))?)?'  # " %ld
+)
+_EXTENT_LINE = re.compile(_EXTENT_LINE_POSSESSIVE) if sys.version_info >= (3, 11) else _EXTENT_LINE_PORTABLE
 
-
+_EXTENT_TYPES = tuple(t.encode() for t in EXTENT_TYPES)
 _CR = b"\r"
 _NON_WS = re.compile(rb"[^ \t\n\v\f\r]")
+_HINT = b"parentFileNameHint"
+#: win.memo key of the extent lines of a strictly parsed descriptor (by offset).
+_LINES_MEMO = "vmdk extent lines"
 
 
 def _line_number(text: bytes, pos: int) -> int:
     return text.count(b"\n", 0, pos) + 1
 
 
+def _line(text: bytes, start: int) -> bytes:
+    end = text.find(b"\n", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _line_starts(text: bytes) -> list[int]:
-    starts = [0]
-    pos = text.find(b"\n")
-    while pos >= 0:
-        if pos + 1 < len(text):
-            starts.append(pos + 1)
-        pos = text.find(b"\n", pos + 1)
-    return starts if text else []
+def _long(field: bytes) -> int:
+    """``%ld`` (glibc) of ``[+-]?[0-9]+``: clamped to int64."""
+    if len(field) < 19:  # (18 digits at most: inside int64)
+        return int(field)
+    if len(field) > 20:  # past int64 whatever the digits, unless zeros lead: avoids huge int conversions
+        negative = field[0] == 0x2D
+        digits = field.lstrip(b"+-").lstrip(b"0") or b"0"
+        if len(digits) > 19:
+            return INT64_MIN if negative else INT64_MAX
+        value = -int(digits) if negative else int(digits)
+    else:
+        value = int(field)
+    return max(INT64_MIN, min(INT64_MAX, value))
 
 
 def parse_descriptor(
@@ -679,36 +761,80 @@ def parse_descriptor(
     extent line as it is read, so that a caller sees the lines before the
     one that refused the text (qemu opens those extents before it fails).
     """
-    text = _c_text(raw[:DESC_READ_CAP])
+    return _parse_text(_c_text(raw[:DESC_READ_CAP]), strict, offset, sink)
+
+
+def _parse_text(text: bytes, strict: bool, offset: int, sink: list[ExtentLine] | None) -> Descriptor:
+    """:func:`parse_descriptor` of the C string ``text`` (no NUL, at most
+    :data:`DESC_READ_CAP` bytes)."""
     create_type = _create_type(text, strict, offset)
     extents: list[ExtentLine] = [] if sink is None else sink
-    ddb: list[tuple[str, str]] = []
-    version = None
-    # sscanf skips whitespace first: every start in one run of blank space
-    # scans alike, so each run is scanned once (no quadratic blank lines).
-    ws_run_end = -1
-    last: tuple[int, ScannedLine] | None = None
-    for number, start in enumerate(_line_starts(text), 1):
-        end = text.find(b"\n", start)
-        line = text[start:] if end < 0 else text[start:end]
-        if version is None and (m := _VERSION_LINE.match(line)):
-            version = int(m.group(1))
-        if m := _DDB_LINE.match(line):
-            ddb.append((_text(m.group(1)), _text(m.group(2))))
-        if start > ws_run_end:
-            m = _NON_WS.search(text, start)
-            ws_run_end = len(text) if m is None else m.start()
-        if last is not None and last[0] == ws_run_end:
-            scanned = last[1]
+    lined = b"\n" + text
+    _extent_lines(text, lined, strict, offset, extents)
+    m = _VERSION_LINE.search(lined)
+    ddb = tuple(_DDB_LINE.findall(_text(lined))) if b"ddb." in text else ()
+    return Descriptor(None if m is None else int(m[1]), create_type, tuple(extents), ddb, len(text))
+
+
+def _extent_lines(text: bytes, lined: bytes, strict: bool, offset: int, extents: list[ExtentLine]) -> None:
+    """qemu's ``vmdk_parse_extents``: ``sscanf`` at the start of every line,
+    and its checks of what that gives (``lined`` is ``text`` after a "\\n").
+
+    ``sscanf`` skips blank space first, line ends included: every line of a
+    run of blank lines reads the extent line after the run, as that line
+    does (qemu opens it once per line).  Each run is looked at once, so that
+    no input makes this quadratic."""
+    search = _EXTENT_LINE.search
+    counted = newlines = 0  # newlines in text[:counted]
+    previous = None  # the match before: no blank run reaches back past its first byte
+    m = search(lined)
+    while m is not None:
+        start = m.start()  # the line's start in text (its "\n" in lined)
+        if start > 1 and text[start - 2] not in _WS:
+            starts: list[int] | tuple[int] = (start,)
+        else:  # blank space before the line: every line start in it reads this line too
+            low = 0 if previous is None else previous.start(1)  # (in text: just past that byte)
+            run = low + len(text[low:start].rstrip(_WS))
+            starts = [0] if run == 0 else []
+            nl = text.find(b"\n", run, start)
+            while nl >= 0:
+                starts.append(nl + 1)
+                nl = text.find(b"\n", nl + 1, start)
+        newlines += text.count(b"\n", counted, starts[0])
+        counted = starts[0]
+        access, sectors_field, kind, name, offset_field = m.groups()
+        sectors = int(sectors_field) if len(sectors_field) < 19 else _long(sectors_field)  # (_long's first case)
+        scanned_offset = flat_offset = None if offset_field is None else _long(offset_field)
+        used = False
+        if access != b"RW":
+            ok = True
         else:
-            scanned = scan_extent_line(text, ws_run_end)
-            last = (ws_run_end, scanned)
-        extent = _extent_line(scanned, number, line, strict, offset + start)
-        if extent is not None:
-            if len(extents) == MAX_EXTENTS:
-                raise _bad(f"line {number}: more than {MAX_EXTENTS} extent lines", "extent line", offset + start)
-            extents.append(extent)
-    return Descriptor(version, create_type, tuple(extents), tuple(ddb), len(text))
+            if kind == b"FLAT":
+                ok = scanned_offset is not None and scanned_offset >= 0
+            elif kind == b"VMFS":
+                ok, flat_offset = scanned_offset is None, 0
+            else:
+                ok = scanned_offset is None
+            used = sectors > 0 and kind in _EXTENT_TYPES
+        if not ok:
+            if strict:
+                raise _bad(
+                    f"line {newlines + 1}: invalid extent line {_text(_line(text, starts[0]).rstrip(_CR))!r}",
+                    "extent line",
+                    offset + starts[0],
+                )
+        else:
+            access_text, kind_text, name_text = _text(access), _text(kind), _text(name)
+            number = newlines
+            for line_start in starts:
+                number += 1
+                if len(extents) == MAX_EXTENTS:
+                    raise _bad(
+                        f"line {number}: more than {MAX_EXTENTS} extent lines", "extent line", offset + line_start
+                    )
+                extents.append(ExtentLine(number, access_text, sectors, kind_text, name_text, flat_offset, used))
+        previous = m
+        m = search(lined, start + 1)
 
 
 def _create_type(text: bytes, strict: bool, offset: int) -> str | None:
@@ -739,79 +865,85 @@ def _create_type(text: bytes, strict: bool, offset: int) -> str | None:
     return value
 
 
-def _extent_line(s: ScannedLine, number: int, line: bytes, strict: bool, offset: int) -> ExtentLine | None:
-    """qemu's checks of one ``sscanf`` result (``vmdk_parse_extents``)."""
-    if s.matches < 4:
-        return None
-    access, kind = _text(s.access), _text(s.type)
-    name = c_string(s.filename)
-    if access != "RW":
-        return ExtentLine(number, access, s.sectors, kind, name, s.offset, used=False)
-    if kind == "FLAT":
-        ok = s.matches == 5 and s.offset is not None and s.offset >= 0
-        flat_offset = s.offset
-    elif kind == "VMFS":
-        ok = s.matches == 4
-        flat_offset = 0
-    else:
-        ok = s.matches == 4
-        flat_offset = None
-    if not ok:
-        if strict:
-            raise _bad(
-                f"line {number}: invalid extent line {_text(line.rstrip(_CR))!r}",
-                "extent line",
-                offset,
-            )
-        return None
-    used = s.sectors > 0 and kind in EXTENT_TYPES
-    return ExtentLine(number, access, s.sectors, kind, name, flat_offset, used)
-
-
 # -- CID, parentCID, parentFileNameHint ----------------------------------------
 
+#: ``sscanf("%x")``: blank space, a sign, "0x" where a digit follows it, the digits.
+_HEX_VALUE = rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX](?=[0-9a-fA-F]))?([0-9a-fA-F]*)"
+_HEX = re.compile(_HEX_VALUE)
+#: ``vmdk_read_cid`` in a C string that does not end with the key: its first
+#: occurrence, the byte after it, then the value.
+_CID_IN_TEXT = re.compile(rb"CID[\s\S]" + _HEX_VALUE)
+_PARENT_CID_IN_TEXT = re.compile(rb"parentCID[\s\S]" + _HEX_VALUE)
 
-def _find_cid(area: bytes, key: bytes) -> int | None:
-    """qemu's ``vmdk_read_cid``: ``strstr`` for ``key``, skip it and one more
-    byte, then ``sscanf("%x")``; None where qemu fails."""
-    full = area[: DESC_SIZE - 1]
-    at = _c_text(full).find(key)
+
+def _area_fields(win: Window, at: int, known: bytes | None = None) -> tuple[str | None, int | None, int | None]:
+    """qemu's ``vmdk_parent_open`` (parentFileNameHint), then ``vmdk_read_cid``
+    (CID, parentCID), on the :data:`DESC_SIZE` bytes at ``at`` (zeros past the
+    end of the file).  Each looks in the C string there, and only a key at
+    its very end makes them look past its NUL: otherwise the C string is all
+    that is read.  ``known``: that C string, where it is read already."""
+    text = _c_text_at(win, at, DESC_SIZE, "descriptor") if known is None else known
+    n = len(text)
+    if n < DESC_SIZE - 1 and not text.endswith((b"CID", _HINT)) and not text.endswith(_HINT, 0, n - 1):
+        hint = _parent_hint(text, n, at)
+        return hint, _strtoul32(_CID_IN_TEXT.search(text)), _strtoul32(_PARENT_CID_IN_TEXT.search(text))
+    area = _read_pieces(win, at, DESC_SIZE, "descriptor")
+    area += bytes(DESC_SIZE - len(area))  # zeros past the end of the file
+    nul = area.find(b"\0")
+    end = DESC_SIZE if nul < 0 else nul
+    return _parent_hint(area, end, at), _find_cid(area, end, b"CID"), _find_cid(area, end, b"parentCID")
+
+
+def _find_cid(area: bytes, end: int, key: bytes) -> int | None:
+    """qemu's ``vmdk_read_cid``: ``strstr`` for ``key`` in the C string of
+    ``area``'s first DESC_SIZE - 1 bytes (``end``: where the C string of all
+    of them ends), skip it and one more byte, then ``sscanf("%x")`` (glibc
+    ``strtoul``, base 16); None where qemu fails."""
+    limit = DESC_SIZE - 1
+    if end > limit:
+        end = limit
+    at = area.find(key, 0, end)
     if at < 0:
         return None
     # sscanf starts one byte past the key, even past the string's end.
-    t = _c_text(full[at + len(key) + 1 :])
-    s = _Scan(t, 0)
-    s.skip_ws()
-    p = s.pos
-    negative = False
-    if p < len(t) and t[p] in b"+-":
-        negative = t[p] == 0x2D
-        p += 1
-    if t[p : p + 2].lower() == b"0x" and p + 2 < len(t) and chr(t[p + 2]) in "0123456789abcdefABCDEF":
-        p += 2
-    start = p
-    while p < len(t) and chr(t[p]) in "0123456789abcdefABCDEF":
-        p += 1
-    if p == start:
+    pos = at + len(key) + 1
+    if pos > end:
+        nul = area.find(b"\0", pos, limit)
+        end = limit if nul < 0 else nul
+    return _strtoul32(_HEX.match(area, pos, end))  # (None: pos is past the limit, nothing to read)
+
+
+def _strtoul32(m: re.Match[bytes] | None) -> int | None:
+    """What ``sscanf("%x")`` into qemu's uint32_t gives for a match of
+    :data:`_HEX_VALUE` (glibc ``strtoul``, base 16); None for no match or no digit."""
+    if m is None:
         return None
-    digits = t[start:p].lstrip(b"0") or b"0"
-    value = U64 if len(digits) > 16 else int(digits, 16)  # strtoul clamps
-    if negative:
+    sign, digits = m.group(1, 2)
+    if len(digits) > 16:
+        digits = digits.lstrip(b"0")
+        if len(digits) > 16:
+            return U32 if sign != b"-" else 1  # strtoul clamps to ULONG_MAX, then - and the cast to uint32_t
+    elif not digits:
+        return None
+    value = int(digits or b"0", 16)
+    if sign == b"-":
         value = -value & U64
     return value & U32
 
 
-def _parent_hint(area: bytes, offset: int) -> str | None:
+def _parent_hint(area: bytes, end: int, offset: int) -> str | None:
     """qemu's ``vmdk_parent_open``: the text after ``parentFileNameHint="``
-    up to the next ``"``."""
-    buf = area[:DESC_SIZE] + b"\0\0"
-    text = _c_text(buf)
-    at = text.find(b"parentFileNameHint")
+    up to the next ``"``, in the C string of ``area``'s first DESC_SIZE
+    bytes (it ends at ``end``; qemu's buffer has NULs past DESC_SIZE)."""
+    at = area.find(_HINT, 0, end)
     if at < 0:
         return None
-    start = at + len(b"parentFileNameHint") + 2
-    stop = buf.find(b"\0", start)
-    close = buf.find(b'"', start, stop if stop >= 0 else None)
+    start = at + len(_HINT) + 2
+    stop = end
+    if start > end:  # the value starts past the string's NUL: it ends at the next one
+        nul = area.find(b"\0", start, DESC_SIZE)
+        stop = DESC_SIZE if nul < 0 else nul
+    close = area.find(b'"', start, stop)
     if close < 0:
         raise _bad("parentFileNameHint without a closing '\"'", "parentFileNameHint", offset + at)
     if close - start > MAX_PARENT_HINT:
@@ -820,7 +952,7 @@ def _parent_hint(area: bytes, offset: int) -> str | None:
             "parentFileNameHint",
             offset + at,
         )
-    return c_string(buf[start:close])
+    return c_string(area[start:close])
 
 
 # -- sparse headers ----------------------------------------------------------------
@@ -863,7 +995,8 @@ def _check_l1(offset: int, size: int, entry: int, what: str, field: str, field_o
 
 def _vmdk4_extent(win: Window, h: Vmdk4Header, from_footer: bool) -> SparseExtent:
     """``vmdk_open_vmdk4`` after the header is chosen."""
-    where = 512 + (sectors_end(win) - FOOTER_SIZE) if from_footer else 0
+    total = sectors_end(win)
+    where = 512 + (total - FOOTER_SIZE) if from_footer else 0
 
     def at(field: str) -> int:
         return where + VMDK4_OFFSETS[field]
@@ -888,8 +1021,7 @@ def _vmdk4_extent(win: Window, h: Vmdk4Header, from_footer: bool) -> SparseExten
         )
     l1_size = (((h.capacity + l1_entry_sectors - 1) & U64) // l1_entry_sectors) & U32
     l1_backup = (h.rgd_offset << 9) & U64 if h.flags & VMDK4_FLAG_RGD else 0
-    file_sectors = sectors_end(win) // SECTOR
-    if file_sectors < h.grain_offset:
+    if total // SECTOR < h.grain_offset:
         raise TruncatedError(
             NAME,
             f"file truncated: grain_offset {h.grain_offset} needs at least {h.grain_offset * SECTOR} bytes, "
@@ -1028,11 +1160,11 @@ def files_opened(data: bytes | Window) -> tuple[Reference, ...]:
     before it checks the lines after it, the CID and the parent hint.  (The
     parent is opened only once the image has opened.)  For an image that
     :func:`decode` accepts, its :attr:`~VmdkImage.references`."""
+    win = as_window(data)
     try:
-        return decode(data).references
+        return decode(win).references
     except FormatError:
         pass
-    win = as_window(data)
     if win.size < 4:
         return ()
     magic = win.get(0, 4, NAME, "magic", 0)
@@ -1047,9 +1179,11 @@ def files_opened(data: bytes | Window) -> tuple[Reference, ...]:
         at = (h.desc_offset << 9) & U64
     else:
         at = 0
-    lines: list[ExtentLine] = []
-    with contextlib.suppress(FormatError):
-        parse_descriptor(_read_padded(win, at, min(win.size, DESC_READ_CAP), "descriptor"), offset=at, sink=lines)
+    lines: Sequence[ExtentLine] | None = win.memo.get((_LINES_MEMO, at))  # decode's, where it read them
+    if lines is None:
+        lines = []
+        with contextlib.suppress(FormatError):
+            _parse_text(_c_text_at(win, at, min(win.size, DESC_READ_CAP), "descriptor"), True, at, lines)
     return tuple(
         Reference("extent", e.filename, "image", "raw" if e.type in FLAT_TYPES else NAME) for e in lines if e.used
     )
@@ -1064,6 +1198,8 @@ def decode(data: bytes | Window) -> VmdkImage:
         raise TruncatedError(NAME, f"file of {win.size} bytes is too small to be an image", field="magic", offset=0)
     magic = win.get(0, 4, NAME, "magic", 0)
     descriptor = embedded = sparse = None
+    text_at = 0
+    known: bytes | None = None  # the C string at desc_at, where it is read already
     if magic in (VMDK3_MAGIC, VMDK4_MAGIC):
         desc_at = SPARSE_DESC_OFFSET
         if magic == VMDK3_MAGIC:
@@ -1075,50 +1211,80 @@ def decode(data: bytes | Window) -> VmdkImage:
                 text_at = (h.desc_offset << 9) & U64
                 if not _readable(_signed64(text_at), min(win.size, DESC_READ_CAP)):
                     raise _bad(f"desc_offset {h.desc_offset} beyond what qemu can read", "desc_offset", 28)
-                raw = _read_padded(win, text_at, min(win.size, DESC_READ_CAP), "descriptor")
-                descriptor = parse_descriptor(raw, offset=text_at)
+                descriptor, known = _descriptor(win, text_at, desc_at)
             else:
                 sparse = _sparse_from_header(win, h)
-                embedded = _embedded(win, h)
+                embedded, known = _embedded(win, h, desc_at)
         if sparse is not None:
             create_type = (
                 "streamOptimized" if sparse.compressed else ("monolithicSparse" if magic == VMDK4_MAGIC else "")
             )
     else:
         desc_at = 0
-        descriptor = parse_descriptor(_read_padded(win, 0, min(win.size, DESC_READ_CAP), "descriptor"))
-    if descriptor is not None:
-        assert descriptor.create_type is not None  # strict parsing ensures it
-        create_type = descriptor.create_type
-        extents = tuple(
-            Extent(e.filename, e.type, e.sectors, e.offset, None, False, None) for e in descriptor.extents if e.used
-        )
-        if not extents:
-            raise _bad(
-                "descriptor names no extent qemu would open (qemu-img info aborts on it)", "extent line", desc_at
+        descriptor, known = _descriptor(win, 0, desc_at)
+    try:
+        if descriptor is not None:
+            assert descriptor.create_type is not None  # strict parsing ensures it
+            create_type = descriptor.create_type
+            extents = tuple(
+                [
+                    Extent(e.filename, e.type, e.sectors, e.offset, None, False, None)
+                    for e in descriptor.extents
+                    if e.used
+                ]
             )
-    else:
-        assert sparse is not None
-        extents = (Extent(None, None, sparse.sectors, None, sparse.cluster_sectors, sparse.compressed, sparse),)
+            if not extents:
+                raise _bad(
+                    "descriptor names no extent qemu would open (qemu-img info aborts on it)", "extent line", desc_at
+                )
+        else:
+            assert sparse is not None
+            extents = (Extent(None, None, sparse.sectors, None, sparse.cluster_sectors, sparse.compressed, sparse),)
 
-    area = _read_padded(win, desc_at, DESC_SIZE, "descriptor")
-    hint = _parent_hint(area, desc_at)
-    cid = _find_cid(area, b"CID")
-    if cid is None:
-        raise _bad("descriptor has no CID (qemu reads it at open)", "CID", desc_at)
-    parent_cid = _find_cid(area, b"parentCID")
-    if parent_cid is None:
-        raise _bad("descriptor has no parentCID (qemu reads it at open)", "parentCID", desc_at)
+        hint, cid, parent_cid = _area_fields(win, desc_at, known)
+        if cid is None:
+            raise _bad("descriptor has no CID (qemu reads it at open)", "CID", desc_at)
+        if parent_cid is None:
+            raise _bad("descriptor has no parentCID (qemu reads it at open)", "parentCID", desc_at)
+    except FormatError:
+        if descriptor is not None:  # for files_opened: the extents were read, qemu opened them
+            win.memo[(_LINES_MEMO, text_at)] = descriptor.extents
+        raise
     return VmdkImage(sparse, descriptor, embedded, create_type, cid, parent_cid, hint, extents)
 
 
-def _embedded(win: Window, h: Vmdk4Header) -> Descriptor | None:
+def _embedded(win: Window, h: Vmdk4Header, desc_at: int) -> tuple[Descriptor | None, bytes | None]:
     """A sparse file's own descriptor text (``desc_offset``/``desc_size``),
-    leniently: qemu does not parse it, but it is there for other readers."""
+    leniently: qemu does not parse it, but it is there for other readers.
+    With the text, if it is the whole C string at ``desc_at``."""
     if not h.desc_offset or not h.desc_size:
-        return None
+        return None, None
     at = (h.desc_offset << 9) & U64
     length = min((h.desc_size << 9) & U64, DESC_READ_CAP)
     if at >= win.size:
-        return None
-    return parse_descriptor(_read_padded(win, at, min(length, win.size - at), "descriptor"), strict=False, offset=at)
+        return None, None
+    length = min(length, win.size - at)
+    text = _c_text_at(win, at, length, "descriptor")
+    return _parse_text(text, False, at, None), _whole(win, at, length, text, desc_at)
+
+
+def _descriptor(win: Window, at: int, desc_at: int) -> tuple[Descriptor, bytes | None]:
+    """The descriptor text at ``at``, parsed strictly; with the text, if it
+    is the whole C string at ``desc_at``.  Where the text is refused, the
+    extent lines before the line that refused it are kept in ``win.memo``
+    for :func:`files_opened` (qemu opened them)."""
+    length = min(win.size, DESC_READ_CAP)
+    text = _c_text_at(win, at, length, "descriptor")
+    lines: list[ExtentLine] = []
+    try:
+        descriptor = _parse_text(text, True, at, lines)
+    except FormatError:
+        win.memo[(_LINES_MEMO, at)] = lines
+        raise
+    return descriptor, _whole(win, at, length, text, desc_at)
+
+
+def _whole(win: Window, at: int, length: int, text: bytes, desc_at: int) -> bytes | None:
+    """``text`` (the C string read from ``length`` bytes at ``at``) if it is
+    the whole C string at ``desc_at``: it ends at its NUL or at the file's end."""
+    return text if at == desc_at and (len(text) < length or at + length >= win.size) else None
