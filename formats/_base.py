@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from construct import Bytes, ConstructError, FormatField, Struct
 
@@ -103,10 +103,18 @@ class Window:
         raise NeedBytes(offset, max(length, min(ahead, self.size - offset)))
 
 
-#: A record (a NamedTuple class) made from a tuple of its fields in order,
-#: as ``_make`` makes it, without the Python-level ``__new__`` of the class:
-#: ``make_record(Image, (path, ...))``, for records made for every image.
-make_record: Any = tuple.__new__
+_Record = TypeVar("_Record", bound=tuple)  # type: ignore[type-arg]
+
+if TYPE_CHECKING:
+
+    def make_record(cls: type[_Record], fields: tuple[Any, ...], /) -> _Record:
+        """A record (a NamedTuple class) made from a tuple of its fields in
+        order, as ``_make`` makes it, without the Python-level ``__new__`` of
+        the class: ``make_record(Image, (path, ...))``, for records made for
+        every image."""
+
+else:
+    make_record = tuple.__new__
 
 
 def as_window(data: bytes | Window) -> Window:

@@ -512,6 +512,8 @@ class _Progress:
                 return
             from tqdm import tqdm  # only when it is shown
 
+            # (no monitor thread: the audit's helper processes are forked only where no other thread runs)
+            tqdm.monitor_interval = 0
             self.bar = tqdm(total=total, unit="image", file=sys.stderr, leave=False, mininterval=0.2)
         self.bar.update(done - self.bar.n)
 

@@ -21,7 +21,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import BinaryIO, TypeVar
 
 __all__ = ["BATCH", "MIN_ITEMS", "SHARE", "ordered_map", "usable_cpus"]
@@ -46,7 +46,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def ordered_map(work: Callable[[T], R | None], items: Sequence[T], jobs: int) -> Iterator[R | None]:
+def ordered_map(work: Callable[[T], R | None], items: Sequence[T], jobs: int) -> Generator[R | None, None, None]:
     """For each of ``items`` in order: ``work(item)`` as a helper process
     computed it, or None where the caller is to do that item itself (its own
     share of the batches, or what a helper could not do).

@@ -119,11 +119,12 @@ def _encoder() -> Callable[[Any], str]:
     as much as encoding an image's few fields."""
     from json import encoder
 
+    c_make_encoder = getattr(encoder, "c_make_encoder", None)
     try:  # (the arguments json.JSONEncoder.iterencode gives it, for json.dumps's defaults)
-        make = encoder.c_make_encoder(  # type: ignore[misc]
+        make = c_make_encoder(  # type: ignore[misc]
             None, json.JSONEncoder().default, encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
         )
-    except TypeError:  # (a Python without the C accelerator, or with another one)
+    except TypeError:  # (a Python without the C accelerator, which is None, or with another one)
         return json.dumps
     return lambda obj: "".join(make(obj, 0))
 
