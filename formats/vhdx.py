@@ -42,19 +42,29 @@ locator item (key/value pairs ``relative_path``, ``volume_path``,
 opens them), as ``parent-locator`` references.
 
 Reads past the end of the file read zeros, as in qemu.  Pure: see
-``formats._base``.
+``formats._base``.  Through the probe's window a qemu-made VHDX takes four
+reads: both headers, the region table, the metadata table with the items
+after it, the BAT's entries.  What each step found is kept in ``win.memo``,
+so the calls that NeedBytes interrupts do not work it out again (the log
+search goes on from the entry it had reached).
 """
 
 from __future__ import annotations
 
+import struct
 import uuid
-from typing import NamedTuple
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from functools import reduce
+from itertools import compress
+from operator import getitem, xor
+from typing import Any, NamedTuple
 
 from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
 
-from ._base import Reference, Window, as_window, has_none_of, unpack
+from ._base import Reference, Window, as_window, flat, has_none_of, unpack
 from ._qemuread import INT64_MAX, SECTOR, qemu_length, read_padded
 
 NAME = "vhdx"
@@ -168,6 +178,24 @@ LOG_DESCRIPTOR = Struct(
 """A log descriptor (32 bytes)."""
 
 # -- CRC-32C (Castagnoli), as vhdx_checksum_calc ---------------------------------
+#
+# The checksums qemu checks cover a 4 KiB header, a 64 KiB region table and
+# log entries: a few dozen bytes of fields, then zeros.  The CRC is linear
+# over GF(2), so it is worked out from the nonzero bytes alone:
+#
+#   register(data) = Z**n(register before) ^ Lin_n(data)
+#
+# where Z**k is what k zero bytes do to the register (an operator: four
+# look-ups once its tables exist, built from x**(8k) modulo the polynomial as
+# zlib's crc32_combine does) and Lin_n sums, over the nonzero bytes, each
+# byte's own contribution: a byte followed by j more bytes contributes
+# ``_position_tables()[j][byte]``.  The sum runs in C (map and reduce), and
+# only over the span of bytes that differ from a reference buffer of the same
+# length (an all-zero one, or the last one checked: a VHDX's two headers
+# differ in their sequence number only, and images made by one tool share
+# their region table).  The result is exactly the table loop's.
+
+_POLY = 0x82F63B78
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -175,7 +203,7 @@ def _crc_table() -> tuple[int, ...]:
     for n in range(256):
         c = n
         for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
         table.append(c)
     return tuple(table)
 
@@ -183,78 +211,52 @@ def _crc_table() -> tuple[int, ...]:
 _CRC_TABLE = _crc_table()
 
 
-def _gf2_times(matrix: tuple[int, ...], vector: int) -> int:
-    """``matrix`` (32 columns) times ``vector`` over GF(2)."""
-    out = 0
-    i = 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
+def _multmodp(a: int, b: int) -> int:
+    """``a`` times ``b`` modulo the polynomial, both in the register's
+    reflected order (zlib's ``multmodp``); ``a`` is not zero."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
 
 
-def _zero_operators() -> tuple[tuple[int, ...], ...]:
-    """``ops[k]``: what 2**k zero bytes do to the CRC register (zlib's
-    ``crc32_combine`` method), for k up to 2**27 bytes."""
-    one_bit = [0x82F63B78, *(1 << i for i in range(31))]  # one zero bit: shift, and the polynomial
-    op = tuple(one_bit)
-    for _ in range(3):  # 2, 4, then 8 bits: one byte
-        op = tuple(_gf2_times(op, column) for column in op)
-    ops = [op]
-    for _ in range(27):
-        op = tuple(_gf2_times(op, column) for column in op)
-        ops.append(op)
-    return tuple(ops)
+def _x2n_table() -> tuple[int, ...]:
+    """``x**(2**k)`` modulo the polynomial, for k up to 63."""
+    table = [1 << 30]  # x**1
+    for _ in range(63):
+        table.append(_multmodp(table[-1], table[-1]))
+    return tuple(table)
 
 
-_ZERO_OPS: tuple[tuple[int, ...], ...] = ()
-_BLOCK = 1024
-_ZERO_BLOCK = bytes(_BLOCK)
+_X2N = _x2n_table()
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C of ``data`` (continuing from ``crc``, a finished CRC).
-
-    The tables qemu checks (a 4 KiB header, a 64 KiB region table, log
-    entries) are mostly zeros after a few entries: the bytes up to the last
-    nonzero one are run through the table, and the zeros after them are
-    applied at once, as an operator on the CRC register (exactly the same
-    result; 64 KiB of zeros cost microseconds instead of milliseconds)."""
-    global _ZERO_OPS
-    c = crc ^ 0xFFFFFFFF
-    table = _CRC_TABLE
-    end = len(data)
-    while end >= _BLOCK and data.endswith(_ZERO_BLOCK, 0, end):  # (whole blocks of zeros: one memcmp each)
-        end -= _BLOCK
-    body = data[:end].rstrip(b"\0")
-    for b in body:
-        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
-    zeros = len(data) - len(body)
-    if zeros:
-        if not _ZERO_OPS:
-            _ZERO_OPS = _zero_operators()
-        k = 0
-        while zeros:
-            if zeros & 1:
-                t0, t1, t2, t3 = _byte_tables(k)
-                c = t0[c & 0xFF] ^ t1[(c >> 8) & 0xFF] ^ t2[(c >> 16) & 0xFF] ^ t3[c >> 24]
-            zeros >>= 1
-            k += 1
-    return c ^ 0xFFFFFFFF
+def _x8n(n: int) -> int:
+    """``x**(8n)`` modulo the polynomial: what ``n`` zero bytes multiply the register by."""
+    p = 1 << 31  # x**0
+    k = 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k], p)
+        n >>= 1
+        k += 1
+    return p
 
 
-_TABLES: dict[int, tuple[list[int], ...]] = {}
+_OPS: dict[int, tuple[list[int], ...]] = {}
+_OPS_MAX = 64
 
 
-def _byte_tables(k: int) -> tuple[list[int], ...]:
-    """Operator ``k`` as four tables, one per byte of the register: its
-    product with a register is four look-ups (built when first needed)."""
-    known = _TABLES.get(k)
-    if known is not None:
-        return known
-    columns = _ZERO_OPS[k]
+def _op_tables(n: int) -> tuple[list[int], ...]:
+    """The operator of ``n`` zero bytes as four tables, one per byte of the
+    register: its product with a register is four look-ups."""
+    x = _x8n(n)
+    columns = [_multmodp(x, 1 << i) for i in range(32)]
     built = []
     for j in range(4):
         table = [0] * 256
@@ -262,8 +264,120 @@ def _byte_tables(k: int) -> tuple[list[int], ...]:
             low = (b & -b).bit_length() - 1
             table[b] = table[b & (b - 1)] ^ columns[8 * j + low]
         built.append(table)
-    _TABLES[k] = tuple(built)
-    return _TABLES[k]
+    return tuple(built)
+
+
+def _shift(c: int, n: int) -> int:
+    """The CRC register ``c`` after ``n`` zero bytes."""
+    if not c or not n:
+        return c
+    op = _OPS.get(n)
+    if op is None:
+        if len(_OPS) >= _OPS_MAX:  # (many lengths seen: work it out alone, without tables)
+            return _multmodp(_x8n(n), c)
+        op = _OPS[n] = _op_tables(n)
+    t0, t1, t2, t3 = op
+    return t0[c & 0xFF] ^ t1[(c >> 8) & 0xFF] ^ t2[(c >> 16) & 0xFF] ^ t3[c >> 24]
+
+
+#: ``_POSITIONS[j][b]``: what byte ``b`` followed by ``j`` bytes adds to the register.
+_POSITIONS: list[list[int]] = [list(_CRC_TABLE)]
+_SPAN = 128  # the longest span summed at once (longer ones go in pieces of this size)
+
+
+def _position_tables(n: int) -> list[list[int]]:
+    """``_POSITIONS`` for at least ``n`` positions (grown when first needed)."""
+    have = _POSITIONS
+    if len(have) >= n:
+        return have
+    table = _CRC_TABLE
+    grown = list(have)
+    while len(grown) < n:
+        grown.append([table[c & 0xFF] ^ (c >> 8) for c in grown[-1]])
+    globals()["_POSITIONS"] = grown  # (one rebinding: a reader holds a whole list, never part of one)
+    return grown
+
+
+def _sum_span(span: bytes) -> int:
+    """The register from zero after ``span``: its bytes' contributions."""
+    n = len(span)
+    if n <= _SPAN:
+        return reduce(xor, map(getitem, _position_tables(n), reversed(span)), 0)
+    reg = 0
+    for i in range(0, n, _SPAN):
+        piece = span[i : i + _SPAN]
+        reg = _shift(reg, len(piece)) ^ _sum_span(piece)
+    return reg
+
+
+def _lin(d: int, n: int) -> int:
+    """``Lin_n`` of the ``n`` bytes whose little-endian value is ``d``."""
+    if not d:
+        return 0
+    end = (d.bit_length() + 7) >> 3
+    start = ((d & -d).bit_length() - 1) >> 3
+    return _shift(_sum_span((d >> 8 * start).to_bytes(end - start, "little")), n - end)
+
+
+#: The last table of each length worked out: length -> (value, register).
+_REFERENCE: dict[int, tuple[int, int]] = {}
+
+
+def _register(v: int, n: int) -> int:
+    """The register after the ``n`` bytes of little-endian value ``v``, from
+    the initial register (all ones): the last table of that length's, and
+    the contributions of the bytes that differ from it, when they end before
+    ``v``'s own bytes do; else the contributions of ``v``'s bytes."""
+    ref = _REFERENCE.get(n)
+    if ref is not None:
+        d = v ^ ref[0]
+        if not d:
+            return ref[1]
+        if d.bit_length() < v.bit_length():
+            reg = ref[1] ^ _lin(d, n)
+            _REFERENCE[n] = (v, reg)
+            return reg
+    reg = _shift(0xFFFFFFFF, n) ^ _lin(v, n)
+    if v.bit_length() <= 8 * _SPAN:  # (a table, not a log entry's data)
+        if len(_REFERENCE) >= _OPS_MAX:
+            _REFERENCE.clear()
+        _REFERENCE[n] = (v, reg)
+    return reg
+
+
+_ZERO_BLOCKS = {1 << k: bytes(1 << k) for k in range(7, 17)}
+_ZERO_TAILS: dict[int, bytes] = {}
+
+
+def _nonzero_end(data: bytes) -> int:
+    """A length after which ``data`` holds only zeros (within 128 bytes of
+    the shortest), found by memcmp."""
+    n = len(data)
+    if n <= _SPAN:
+        return n
+    tail = _ZERO_TAILS.get(n - _SPAN)
+    if tail is None and len(_ZERO_TAILS) < 8:
+        tail = _ZERO_TAILS[n - _SPAN] = bytes(n - _SPAN)
+    if tail is not None and data.endswith(tail):  # the usual case: one table's entries, then zeros
+        return _SPAN
+    end = n
+    size = 1 << 16
+    while size >= _SPAN:
+        if end >= size and data.endswith(_ZERO_BLOCKS[size], 0, end):
+            end -= size
+        else:
+            size >>= 1
+    return end
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC-32C of ``data`` (continuing from ``crc``, a finished CRC): the
+    table loop's result, worked out as the comment above says."""
+    n = len(data)
+    v = int.from_bytes(data[: _nonzero_end(data)], "little")
+    if crc:
+        return (_shift(crc ^ 0xFFFFFFFF, n) ^ _lin(v, n)) ^ 0xFFFFFFFF
+    return _register(v, n) ^ 0xFFFFFFFF
 
 
 def checksum_ok(buf: bytes, at: int = 4, win: Window | None = None, offset: int | None = None) -> bool:
@@ -277,7 +391,11 @@ def checksum_ok(buf: bytes, at: int = 4, win: Window | None = None, offset: int 
             known = win.memo[key] = checksum_ok(buf, at)
         return bool(known)
     stored = int.from_bytes(buf[at : at + 4], "little")
-    return crc32c(buf[:at] + b"\0\0\0\0" + buf[at + 4 :]) == stored
+    n = len(buf)
+    if at + 4 > n:  # (the zeroed field makes the data longer)
+        return crc32c(buf[:at] + b"\0\0\0\0") == stored
+    v = int.from_bytes(buf[: _nonzero_end(buf)], "little") & ~(0xFFFFFFFF << 8 * at)
+    return _register(v, n) ^ 0xFFFFFFFF == stored
 
 
 # -- records -------------------------------------------------------------------
@@ -379,32 +497,50 @@ def _unsupported(reason: str, field: str, offset: int, value: object = None) -> 
 # -- headers -------------------------------------------------------------------
 
 
+def _header_ok(buf: bytes, h: tuple[Any, ...]) -> bool:
+    """A header counts: signature, version 1 and checksum."""
+    return bool(h[0] == HEADER_SIGNATURE and h[7] == 1 and checksum_ok(buf))
+
+
 def _headers(win: Window) -> tuple[VhdxHeader, int]:
-    found: list[tuple[VhdxHeader, bytes] | None] = []
+    found = []
     for offset in (HEADER1_OFFSET, HEADER2_OFFSET):
         buf = read_padded(win, offset, HEADER_SIZE, NAME, "header", ahead=HEADER2_OFFSET + HEADER_SIZE - offset)
-        h = VhdxHeader._make(unpack(VHDX_HEADER, buf[:80], NAME, "header", offset))
-        ok = checksum_ok(buf, 4, win, offset) and h.signature == HEADER_SIGNATURE and h.version == 1
-        found.append((h, buf[:80]) if ok else None)
-    one, two = found
-    if one is None and two is None:
+        found.append((buf, unpack(VHDX_HEADER, buf[:80], NAME, "header", offset)))
+    (buf1, h1), (buf2, h2) = found
+    seq1, seq2 = h1[2], h2[2]  # sequence_number
+    # A header that counts and has the higher sequence number wins whether the other counts or not:
+    # that one is checked first (the other's checksum is then not needed).
+    ok1 = ok2 = None
+    if seq1 > seq2:
+        ok1 = _header_ok(buf1, h1)
+        if ok1:
+            return VhdxHeader._make(h1), 0
+    elif seq2 > seq1:
+        ok2 = _header_ok(buf2, h2)
+        if ok2:
+            return VhdxHeader._make(h2), 1
+    if ok1 is None:
+        ok1 = _header_ok(buf1, h1)
+    if ok2 is None:
+        ok2 = _header_ok(buf2, h2)
+    if not ok1 and not ok2:
         raise _bad("no valid VHDX header found (checksum, signature or version)", "header", HEADER1_OFFSET)
-    if two is None:
-        assert one is not None
-        return one[0], 0
-    if one is None:
-        return two[0], 1
-    if one[0].sequence_number > two[0].sequence_number:
-        return one[0], 0
-    if two[0].sequence_number > one[0].sequence_number:
-        return two[0], 1
-    if one[1] == two[1]:
-        return one[0], 0
+    if not ok2:
+        return VhdxHeader._make(h1), 0
+    if not ok1:
+        return VhdxHeader._make(h2), 1
+    if seq1 > seq2:
+        return VhdxHeader._make(h1), 0
+    if seq2 > seq1:
+        return VhdxHeader._make(h2), 1
+    if buf1[:80] == buf2[:80]:
+        return VhdxHeader._make(h1), 0
     raise _bad(
         "no valid VHDX header found: two different headers with the same sequence number",
         "sequence_number",
         HEADER1_OFFSET + 8,
-        one[0].sequence_number,
+        seq1,
     )
 
 
@@ -507,10 +643,17 @@ def _validate_entry(win: Window, log: _Log, seq: int, log_guid: bytes) -> tuple 
 
 def log_needs_replay(win: Window, h: VhdxHeader) -> bool:
     """``vhdx_log_search``: whether the log holds a valid sequence (qemu
-    then refuses a read-only open).  _LogError where qemu's search fails."""
+    then refuses a read-only open).  _LogError where qemu's search fails.
+
+    The search's only state from one entry to the next is the read index:
+    it is kept in ``win.memo``, so a call that NeedBytes interrupted goes on
+    from the entry it had reached instead of searching the log again."""
     log = _Log(h.log_offset, h.log_length)
+    memo = win.memo
+    key = ("vhdx log search", h.log_offset, h.log_length, h.log_guid)
+    log.read = memo.get(key, 0)
     while True:
-        tail = log.read
+        tail = memo[key] = log.read
         seq = 0
         found = _validate_entry(win, log, seq, h.log_guid)
         if found is not None:
@@ -545,61 +688,81 @@ def _check_log(win: Window, h: VhdxHeader, base: int) -> None:
 # -- region table and metadata -----------------------------------------------------
 
 
-def _overlaps(regions: list[tuple[int, int]], start: int, length: int) -> bool:
+def _records(layout: Struct, buf: bytes) -> Iterator[tuple[Any, ...]]:
+    """The records of a flat ``layout`` that fill ``buf`` one after another
+    (a table's entries), unpacked in one C loop.  ``buf`` comes from
+    read_padded, whose length is the table's: a whole number of records."""
+    return flat(layout).struct.iter_unpack(buf)
+
+
+def _overlaps(regions: Sequence[tuple[int, int]], start: int, length: int) -> bool:
     end = start + length
-    return any(not (start >= r_end or end <= r_start) for r_start, r_end in regions)
+    for r_start, r_end in regions:  # noqa: SIM110 (a loop: faster than any() over a generator)
+        if start < r_end and end > r_start:
+            return True
+    return False
 
 
 def _region_table(win: Window, regions: list[tuple[int, int]]) -> tuple[RegionTableEntry, RegionTableEntry]:
     base = REGION_TABLE_OFFSET
     buf = read_padded(win, base, HEADER_BLOCK_SIZE, NAME, "region table", ahead=HEADER_BLOCK_SIZE)
     sig, _cs, count, _r = unpack(REGION_TABLE_HEADER, buf[:16], NAME, "region table", base)
-    if not checksum_ok(buf, 4, win, base):
+    if not checksum_ok(buf):
         raise _bad("region table checksum mismatch", "region table checksum", base + 4)
     if sig != REGION_SIGNATURE:
         raise _bad(f"bad region table signature {sig!r}", "region table signature", base, sig)
     if count > REGION_TABLE_MAX_ENTRIES:
         raise _bad(f"{count} region table entries (at most 2047)", "entry_count", base + 8, count)
     bat = metadata = None
-    for i in range(count):
+    for i, e in enumerate(_records(REGION_TABLE_ENTRY, buf[16 : 16 + 32 * count])):
         at = 16 + 32 * i
-        e = RegionTableEntry._make(unpack(REGION_TABLE_ENTRY, buf[at : at + 32], NAME, "region table entry", base + at))
-        if _overlaps(regions, e.file_offset, e.length):
+        guid, file_offset, length, data_bits = e
+        if _overlaps(regions, file_offset, length):
             raise _bad(
-                f"region {i} at {e.file_offset:#x} overlaps another region or the log", "file_offset", base + at + 16
+                f"region {i} at {file_offset:#x} overlaps another region or the log", "file_offset", base + at + 16
             )
-        regions.append((e.file_offset, e.file_offset + e.length))
-        if e.guid == BAT_GUID:
+        regions.append((file_offset, file_offset + length))
+        if guid == BAT_GUID:
             if bat is not None:
                 raise _bad("two BAT regions", "guid", base + at)
-            bat = e
-        elif e.guid == METADATA_GUID:
+            bat = RegionTableEntry._make(e)
+        elif guid == METADATA_GUID:
             if metadata is not None:
                 raise _bad("two metadata regions", "guid", base + at)
-            metadata = e
-        elif e.data_bits & REGION_ENTRY_REQUIRED:
-            raise _unsupported(f"unknown required region {uuid.UUID(bytes_le=e.guid)}", "guid", base + at)
+            metadata = RegionTableEntry._make(e)
+        elif data_bits & REGION_ENTRY_REQUIRED:
+            raise _unsupported(f"unknown required region {uuid.UUID(bytes_le=guid)}", "guid", base + at)
     if bat is None or metadata is None:
         raise _bad("the region table lacks the BAT or the metadata region", "region table", base)
     return bat, metadata
 
 
-def _metadata_entries(win: Window, md: RegionTableEntry) -> dict[bytes, tuple[int, int]]:
+#: What is read with the metadata table: the table, and the first 4 KiB after it, where qemu (and
+#: Hyper-V) put the items (qemu: file parameters at 64 KiB, then the others, 40 bytes in all).
+_METADATA_AHEAD = METADATA_TABLE_MAX_SIZE + 4 * KiB
+#: The part of the metadata table looked at first: its header and 15 entries (qemu writes 5).
+_METADATA_HEAD = 512
+#: The items are read in one piece when they lie this close together (else one by one).
+_ITEMS_AHEAD_MAX = 64 * KiB
+
+
+def _metadata_entries(win: Window, md: RegionTableEntry, ahead: int = _METADATA_AHEAD) -> dict[bytes, tuple[int, int]]:
     """The known items of the metadata table: GUID -> (offset in the
-    metadata region, length), with qemu's refusals on the table itself."""
+    metadata region, length), with qemu's refusals on the table itself.
+    ``ahead``: how much to read from the table's start if it must be read."""
     base = md.file_offset
-    buf = read_padded(win, base, METADATA_TABLE_MAX_SIZE, NAME, "metadata table", ahead=METADATA_TABLE_MAX_SIZE)
+    # (the 64 KiB table as qemu reads it, zeros past the end of the file; only its entries are looked at)
+    buf = read_padded(win, base, _METADATA_HEAD, NAME, "metadata table", ahead=ahead)
     sig, _r, count, _r2 = unpack(METADATA_TABLE_HEADER, buf[:32], NAME, "metadata table", base)
     if sig != METADATA_SIGNATURE:
         raise _bad(f"bad metadata table signature {sig!r}", "metadata signature", base, sig)
     if count * 32 > METADATA_TABLE_MAX_SIZE - 32:
         raise _bad(f"{count} metadata entries do not fit the table", "entry_count", base + 10, count)
+    if 32 + 32 * count > _METADATA_HEAD:
+        buf = read_padded(win, base, 32 + 32 * count, NAME, "metadata table", ahead=METADATA_TABLE_MAX_SIZE)
     items: dict[bytes, tuple[int, int]] = {}
-    for i in range(count):
+    for i, (item, offset, length, bits, _r3) in enumerate(_records(METADATA_TABLE_ENTRY, buf[32 : 32 + 32 * count])):
         at = 32 + 32 * i
-        item, offset, length, bits, _r3 = unpack(
-            METADATA_TABLE_ENTRY, buf[at : at + 32], NAME, "metadata entry", base + at
-        )
         if item in _ITEMS:
             if item in items:
                 raise _bad(f"metadata item {_ITEMS[item]!r} twice", "item_id", base + at)
@@ -641,10 +804,15 @@ def named_files(data: bytes | Window) -> tuple[Reference, ...]:
     Hyper-V opens them.  () when the headers, region table or metadata table
     cannot be read, or there is no parent locator."""
     win = as_window(data)
+    done = win.memo.get(_PROGRESS)  # (what decode() found in this window stands: refused images come here after it)
     try:
-        _headers(win)
-        _bat, md = _region_table(win, [])
-        items = _metadata_entries(win, md)
+        if done is None or done.header is None:
+            _headers(win)
+        if done is not None and done.regions is not None:  # (found with the log as one more region: so too without)
+            md = done.regions[1]
+        else:
+            _bat, md = _region_table(win, [])
+        items = _metadata_entries(win, md, METADATA_TABLE_MAX_SIZE)  # (not the items: a parent locator instead)
     except FormatError:
         return ()
     if PARENT_LOCATOR_GUID not in items:
@@ -656,18 +824,66 @@ def named_files(data: bytes | Window) -> tuple[Reference, ...]:
     return tuple(Reference("parent-locator", v, "image", NAME) for k, v in loc.entries if k in PATH_KEYS and v)
 
 
+_FILE_IDENTIFIER_SIZE = FILE_IDENTIFIER.sizeof()
+
+
+class _Progress:
+    """What :func:`decode` worked out from one window so far, kept in
+    ``win.memo``: a call that NeedBytes interrupted (the probe reads the
+    bytes and calls again from the start) takes up where it stopped.  The
+    bytes at an offset never change within a window, so each step's result
+    stands; a step that raised left nothing here."""
+
+    __slots__ = ("creator", "current", "header", "log_checked", "params", "regions")
+
+    def __init__(self) -> None:
+        self.creator: str | None = None
+        self.header: VhdxHeader | None = None
+        self.current = 0
+        self.log_checked = False
+        self.regions: tuple[RegionTableEntry, RegionTableEntry, tuple[tuple[int, int], ...]] | None = None
+        self.params: tuple[int, int, int, int, int, int] | None = None
+
+
+_PROGRESS = ("vhdx", "decode")
+
+
 def decode(data: bytes | Window) -> VhdxImage:
     """Decode a VHDX as qemu 7.2 opens it read-only (``qemu-img info``)."""
     win = as_window(data)
-    ident = read_padded(win, 0, FILE_IDENTIFIER.sizeof(), NAME, "file identifier")
-    if ident[:8] != FILE_SIGNATURE:
-        raise _bad(f"bad file signature {ident[:8]!r}, expected {FILE_SIGNATURE!r}", "signature", 0, ident[:8])
-    creator = ident[8:].decode("utf-16-le", "replace").split("\0", 1)[0]
-    h, current = _headers(win)
-    base = (HEADER1_OFFSET, HEADER2_OFFSET)[current]
-    regions = [(h.log_offset, h.log_offset + h.log_length)]
-    _check_log(win, h, base)
-    bat, md = _region_table(win, regions)
+    memo = win.memo
+    done = memo.get(_PROGRESS)
+    if done is None:
+        done = memo[_PROGRESS] = _Progress()
+    if done.creator is None:
+        ident = read_padded(win, 0, _FILE_IDENTIFIER_SIZE, NAME, "file identifier")
+        if ident[:8] != FILE_SIGNATURE:
+            raise _bad(f"bad file signature {ident[:8]!r}, expected {FILE_SIGNATURE!r}", "signature", 0, ident[:8])
+        done.creator = ident[8:].decode("utf-16-le", "replace").split("\0", 1)[0]
+    h = done.header
+    if h is None:
+        h, done.current = _headers(win)
+        done.header = h
+    if not done.log_checked:
+        _check_log(win, h, (HEADER1_OFFSET, HEADER2_OFFSET)[done.current])
+        done.log_checked = True
+    if done.regions is None:
+        found = [(h.log_offset, h.log_offset + h.log_length)]
+        bat, md = _region_table(win, found)
+        done.regions = bat, md, tuple(found)
+    bat, md, regions = done.regions
+    if done.params is None:
+        done.params = _parameters(win, md)
+    block_size, bits, vds, lss, pss, chunk_ratio = done.params
+    image = VhdxImage(h, done.current, bat, md, block_size, bits, vds, lss, pss, done.creator)
+    _check_bat(win, image, regions, chunk_ratio)
+    return image
+
+
+def _parameters(win: Window, md: RegionTableEntry) -> tuple[int, int, int, int, int, int]:
+    """The metadata items, as qemu checks them: block size, file parameter
+    bits, virtual disk size, logical and physical sector size, and the
+    chunk ratio."""
     items = _metadata_entries(win, md)
     if set(items) != _REQUIRED_ITEMS:
         missing = ", ".join(_ITEMS[g] for g in _REQUIRED_ITEMS - set(items))
@@ -678,18 +894,17 @@ def decode(data: bytes | Window) -> VhdxImage:
             "metadata",
             md.file_offset,
         )
-    block_size, bits = unpack(
-        FILE_PARAMETERS, _item(win, md, items, FILE_PARAMETERS_GUID, 8), NAME, "file parameters", 0
-    )
+    fp, vds_raw, lss_raw, pss_raw = _items(win, md, items)
+    block_size, bits = unpack(FILE_PARAMETERS, fp, NAME, "file parameters", 0)
     if bits & PARAMS_HAS_PARENT:  # without a locator item: EINVAL
         raise _bad(
             "has_parent set without a parent locator",
             "file parameters",
             md.file_offset + items[FILE_PARAMETERS_GUID][0],
         )
-    vds = int.from_bytes(_item(win, md, items, VIRTUAL_DISK_SIZE_GUID, 8), "little")
-    lss = int.from_bytes(_item(win, md, items, LOGICAL_SECTOR_SIZE_GUID, 4), "little")
-    pss = int.from_bytes(_item(win, md, items, PHYSICAL_SECTOR_SIZE_GUID, 4), "little")
+    vds = int.from_bytes(vds_raw, "little")
+    lss = int.from_bytes(lss_raw, "little")
+    pss = int.from_bytes(pss_raw, "little")
     fp_at = md.file_offset + items[FILE_PARAMETERS_GUID][0]
     if not BLOCK_SIZE_MIN <= block_size <= BLOCK_SIZE_MAX:
         raise _bad(f"block size {block_size} outside 1 MiB..256 MiB", "block_size", fp_at, block_size)
@@ -712,12 +927,35 @@ def decode(data: bytes | Window) -> VhdxImage:
     for value in (sectors_per_block, chunk_ratio, block_size):
         if value & (value - 1):
             raise _bad(f"block size {block_size} is not a power of two", "block_size", fp_at, block_size)
-    image = VhdxImage(h, current, bat, md, block_size, bits, vds, lss, pss, creator)
-    _check_bat(win, image, regions, chunk_ratio)
-    return image
+    return block_size, bits, vds, lss, pss, chunk_ratio
 
 
-def _check_bat(win: Window, image: VhdxImage, regions: list[tuple[int, int]], chunk_ratio: int) -> None:
+_ITEM_SIZES = (
+    (FILE_PARAMETERS_GUID, 8),
+    (VIRTUAL_DISK_SIZE_GUID, 8),
+    (LOGICAL_SECTOR_SIZE_GUID, 4),
+    (PHYSICAL_SECTOR_SIZE_GUID, 4),
+)
+
+
+def _items(win: Window, md: RegionTableEntry, items: dict[bytes, tuple[int, int]]) -> tuple[bytes, ...]:
+    """The file parameters, virtual disk size, logical and physical sector
+    size items, as qemu reads them (zeros past the end of the file): in one
+    read when they lie close together, as they always do."""
+    fp = items[FILE_PARAMETERS_GUID][0]
+    vds = items[VIRTUAL_DISK_SIZE_GUID][0]
+    lss = items[LOGICAL_SECTOR_SIZE_GUID][0]
+    pss = items[PHYSICAL_SECTOR_SIZE_GUID][0]
+    lo = min(fp, vds, lss, pss)
+    hi = max(fp + 8, vds + 8, lss + 4, pss + 4)
+    if hi - lo > _ITEMS_AHEAD_MAX:
+        return tuple(_item(win, md, items, guid, size) for guid, size in _ITEM_SIZES)
+    raw = read_padded(win, md.file_offset + lo, hi - lo, NAME, "metadata items")
+    fp, vds, lss, pss = fp - lo, vds - lo, lss - lo, pss - lo
+    return raw[fp : fp + 8], raw[vds : vds + 8], raw[lss : lss + 4], raw[pss : pss + 4]
+
+
+def _check_bat(win: Window, image: VhdxImage, regions: Sequence[tuple[int, int]], chunk_ratio: int) -> None:
     """The BAT's size, and ``vhdx_check_bat_entries``."""
     bs = image.block_size
     data_blocks = -(-image.virtual_disk_size // bs) & 0xFFFFFFFF
@@ -733,9 +971,12 @@ def _check_bat(win: Window, image: VhdxImage, regions: list[tuple[int, int]], ch
     length = qemu_length(win)
     in_file = max(0, min(entries * 8, win.size - bat.file_offset))
     raw = read_padded(win, bat.file_offset, in_file, NAME, "BAT", ahead=in_file) if in_file else b""
+    count = min(entries, len(raw) // 8)
+    if _bat_passes(raw, count, bs, length, regions):
+        return
     total = image.virtual_size
     payblocks = chunk_ratio
-    for i in range(min(entries, len(raw) // 8)):
+    for i in range(count):
         entry = int.from_bytes(raw[8 * i : 8 * i + 8], "little")
         if entry & BAT_STATE_MASK != PAYLOAD_BLOCK_FULLY_PRESENT:
             continue
@@ -756,3 +997,33 @@ def _check_bat(win: Window, image: VhdxImage, regions: list[tuple[int, int]], ch
                 raise _bad(f"BAT entry {i} at {offset:#x} overlaps a region", "BAT", bat.file_offset + 8 * i, entry)
         else:
             payblocks = chunk_ratio
+
+
+#: Per low byte of a BAT entry: 1 if its state is "fully present", else 0.
+_FULLY_PRESENT = bytes(int(b & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT) for b in range(256))
+#: Per third byte of a BAT entry: what BAT_FILE_OFF_MASK keeps of it.
+_OFFSET_BITS_OF_THIRD_BYTE = bytes(b & (BAT_FILE_OFF_MASK >> 16) & 0xFF for b in range(256))
+
+
+def _bat_passes(raw: bytes, count: int, bs: int, length: int, regions: Sequence[tuple[int, int]]) -> bool:
+    """Whether the first ``count`` BAT entries in ``raw`` pass the checks of
+    :func:`_check_bat`'s loop, looked at all at once (in C): no fully
+    present block past the end of the file or overflowing, none that could
+    overlap a region.  False: the loop looks at each in turn (it says which
+    entry fails first, or finds that none of the blocks it checks for
+    overlaps does)."""
+    present = raw[: 8 * count : 8].translate(_FULLY_PRESENT)  # (entries are little-endian: the state is in byte 0)
+    if 1 not in present:  # the usual case: a dynamic disk's blocks are absent, or zero
+        return True
+    masked = bytearray(raw[: 8 * count])
+    masked[0::8] = bytes(count)
+    masked[1::8] = bytes(count)
+    masked[2::8] = masked[2::8].translate(_OFFSET_BITS_OF_THIRD_BYTE)
+    offsets = sorted(compress(struct.unpack(f"<{count}Q", masked), present))
+    if offsets[-1] > INT64_MAX - bs or offsets[-1] + bs > length:
+        return False
+    for start, end in regions:  # a block [o, o + bs) overlaps [start, end) when start - bs < o < end
+        i = bisect_right(offsets, start - bs)
+        if i < len(offsets) and offsets[i] < end:
+            return False
+    return True

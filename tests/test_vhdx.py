@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from qemu_info import create, info, needs_qemu, only_our_errors, probed
 
 from imgchain.errors import FormatError, TruncatedError, UnsupportedFeatureError
-from imgchain.formats import Reference, vhdx
+from imgchain.formats import NeedBytes, Reference, Window, vhdx
 
 CREATED = [
     ("default", "10M", []),
@@ -228,3 +228,186 @@ def test_fuzz_only_our_errors(base, junk, at):
     b[at : at + len(junk)] = junk
     only_our_errors(vhdx.decode, bytes(b))
     only_our_errors(vhdx.named_files, bytes(b))
+
+
+# -- speed without a change of behaviour: the CRC, the reads, the resumed passes --
+
+
+def _crc32c_reference(data: bytes, crc: int = 0) -> int:
+    """CRC-32C byte by byte (vhdx_checksum_calc's loop), for comparison."""
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.binary(max_size=300),
+    st.integers(0, 5000),
+    st.binary(max_size=40),
+    st.integers(0, (1 << 32) - 1),
+)
+def test_crc32c_is_the_byte_loop_s(head, zeros, tail, crc):
+    """The table's fields, a run of zeros (the rest of the table), maybe
+    more bytes: the same CRC as the plain loop, from 0 or continuing."""
+    data = head + bytes(zeros) + tail
+    assert vhdx.crc32c(data) == _crc32c_reference(data)
+    assert vhdx.crc32c(data, crc) == _crc32c_reference(data, crc)
+    for at in (0, 4, 8, len(data) - 4):
+        if at >= 0:
+            sealed = bytearray(data.ljust(at + 4, b"\0"))
+            sealed[at : at + 4] = b"\0\0\0\0"
+            right = _crc32c_reference(bytes(sealed))
+            for stored in (right, right ^ 1 << (len(data) % 32)):
+                sealed[at : at + 4] = stored.to_bytes(4, "little")
+                assert vhdx.checksum_ok(bytes(sealed), at) == (stored == right)
+
+
+def test_crc32c_of_long_and_repeated_tables():
+    """Long nonzero runs (a log entry's data) and tables checked one after
+    another (the second as a difference from the first) come out right."""
+    import random
+
+    rnd = random.Random(7)
+    for length in (4096, 65536):
+        table = bytearray(length)
+        for _ in range(3):
+            for _ in range(rnd.randrange(1, 20)):
+                table[rnd.randrange(200)] = rnd.randrange(256)
+            table[rnd.randrange(length)] = rnd.randrange(256)
+            assert vhdx.crc32c(bytes(table)) == _crc32c_reference(bytes(table))
+    noise = rnd.randbytes(9000)
+    assert vhdx.crc32c(noise) == _crc32c_reference(noise)
+    assert vhdx.crc32c(noise[4000:], vhdx.crc32c(noise[:4000])) == _crc32c_reference(noise)
+
+
+class _Reads(Window):
+    """A window that starts with a file's first 4 KiB and is filled as
+    imgchain.probe fills it (at least 64 KiB a read), counting the reads and
+    the decoder's look-ups."""
+
+    __slots__ = ("data", "lookups", "reads")
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data[:4096], len(data))
+        self.data = data
+        self.reads: list[tuple[int, int]] = []
+        self.lookups = 0
+
+    def get(self, offset, length, fmt, field, field_offset=None, *, ahead=0):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        return super().get(offset, length, fmt, field, field_offset, ahead=ahead)
+
+    def fill(self, decode):  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                return decode(self)
+            except NeedBytes as need:
+                length = min(max(need.length, 65536), self.size - need.offset)
+                self.reads.append((need.offset, length))
+                self.add(need.offset, self.data[need.offset : need.offset + length])
+
+
+@needs_qemu
+@pytest.mark.parametrize(("size", "opts"), [c[1:] for c in CREATED], ids=[c[0] for c in CREATED])
+def test_a_qemu_made_image_takes_four_reads(tmp_path, size, opts):
+    """Both headers in one read, the region table in one, the metadata table
+    with its items in one, the BAT in one; and the result is the one the
+    whole file gives."""
+    data = create(tmp_path, "vhdx", "x.vhdx", size, *opts)
+    win = _Reads(data)
+    assert win.fill(vhdx.decode) == vhdx.decode(data)
+    bat, md = vhdx._region_table(vhdx.Window(data), [])
+    assert [offset for offset, _n in win.reads] == [
+        vhdx.HEADER1_OFFSET,
+        vhdx.REGION_TABLE_OFFSET,
+        md.file_offset,
+        bat.file_offset,
+    ]
+    assert sum(n for _o, n in win.reads) <= 68 * 1024 + 64 * 1024 + 68 * 1024 + max(64 * 1024, bat.length)
+
+
+@needs_qemu
+def test_headers_the_higher_valid_sequence_number_wins(base):
+    """qemu's rule over every mix of sequence numbers and broken headers."""
+    h1, h2 = vhdx.HEADER1_OFFSET, vhdx.HEADER2_OFFSET
+    for seq1, seq2 in ((1, 2), (2, 1), (3, 3)):
+        for broken1, broken2 in ((None, None), (4, None), (66, None), (None, 0), (None, 100), (0, 200)):
+            for differ in (False, True):
+                b = bytearray(base)
+                b[h2 : h2 + 4096] = b[h1 : h1 + 4096]
+                if differ:
+                    b[h2 + 20] ^= 1  # file_write_guid
+                for at, seq, broken in ((h1, seq1, broken1), (h2, seq2, broken2)):
+                    struct.pack_into("<Q", b, at + 8, seq)
+                    _seal(b, at, 4096)
+                    if broken is not None:
+                        b[at + broken] ^= 1  # the signature, the checksum, the version, or the checksum's cover
+                valid = [broken1 is None, broken2 is None]
+                if not any(valid):
+                    want: int | None = None
+                elif not all(valid):
+                    want = valid.index(True)
+                elif seq1 != seq2:
+                    want = 0 if seq1 > seq2 else 1
+                else:
+                    want = None if differ else 0
+                if want is None:
+                    with pytest.raises(FormatError):
+                        vhdx._headers(vhdx.Window(bytes(b)))
+                else:
+                    h, current = vhdx._headers(vhdx.Window(bytes(b)))
+                    assert (current, h.sequence_number) == (want, (seq1, seq2)[want])
+
+
+@needs_qemu
+@pytest.mark.parametrize("valid", [True, False])
+def test_the_log_search_goes_on_where_a_read_stopped_it(base, valid):
+    """A log entry deep in the log: the search through the probe's reads
+    gives the whole file's answer, looking at each sector about once (it
+    does not start over after each read)."""
+    b = bytearray(_with_log(base, valid=valid))
+    h = vhdx._headers(vhdx.Window(bytes(b)))[0]
+    entry = b[h.log_offset : h.log_offset + 4096]
+    b[h.log_offset : h.log_offset + 4096] = bytes(4096)
+    deep = h.log_offset + 200 * 4096
+    b[deep : deep + 4096] = entry
+    data = bytes(b)
+    win = _Reads(data)
+    if valid:
+        with pytest.raises(UnsupportedFeatureError):
+            win.fill(vhdx.decode)
+        with pytest.raises(UnsupportedFeatureError):
+            vhdx.decode(data)
+    else:
+        assert win.fill(vhdx.decode) == vhdx.decode(data)
+    sectors = (201 if valid else h.log_length // 4096) + 1
+    assert len([o for o, _n in win.reads if h.log_offset <= o < h.log_offset + h.log_length]) <= sectors // 16 + 1
+    assert win.lookups < 3 * sectors + 40, win.lookups
+
+
+@needs_qemu
+def test_fully_present_blocks(tmp_path, base):
+    """Blocks in the file pass; the first one past its end is the one named,
+    as qemu's loop over the BAT names it; one over a region is refused."""
+    win = vhdx.Window(base)
+    bat, _md = vhdx._region_table(win, [])
+    data = bytearray(base + bytes(16 << 20))
+    end = len(base)
+    for i in range(10):  # every data block of the 10 MiB disk (1 MiB blocks), past the regions
+        struct.pack_into("<Q", data, bat.file_offset + 8 * i, (end + (i << 20)) | vhdx.PAYLOAD_BLOCK_FULLY_PRESENT)
+    _check(tmp_path, bytes(data), None, 10 << 20)
+    late = bytearray(data)
+    struct.pack_into("<Q", late, bat.file_offset + 8 * 6, (64 << 20) | vhdx.PAYLOAD_BLOCK_FULLY_PRESENT)
+    struct.pack_into("<Q", late, bat.file_offset + 8 * 8, (96 << 20) | vhdx.PAYLOAD_BLOCK_FULLY_PRESENT)
+    with pytest.raises(TruncatedError, match="BAT entry 6 points at 0x4000000"):
+        vhdx.decode(bytes(late))
+    _check(tmp_path, bytes(late), TruncatedError)
+    over = bytearray(data)
+    struct.pack_into("<Q", over, bat.file_offset + 8 * 3, bat.file_offset | vhdx.PAYLOAD_BLOCK_FULLY_PRESENT)
+    with pytest.raises(FormatError, match="BAT entry 3 at"):
+        vhdx.decode(bytes(over))
+    _check(tmp_path, bytes(over), FormatError)
