@@ -320,18 +320,28 @@ class _Reader:
         self.total += len(data)
         return data
 
-    def fill(self, decode: Callable[[Window], T], win: Window, fmt: str, ahead: int = READ_AHEAD) -> T:
+    def fill(
+        self,
+        decode: Callable[[Window], T],
+        win: Window,
+        fmt: str,
+        ahead: int = READ_AHEAD,
+        need: NeedBytes | None = None,
+    ) -> T:
         """Call ``decode`` until it stops asking for bytes (each read at least
-        ``ahead`` bytes, where the file has them)."""
+        ``ahead`` bytes, where the file has them).  ``need``: what a call
+        made already asked for (read first, rather than asked for again)."""
         while True:
-            try:
-                return decode(win)
-            except NeedBytes as need:
+            if need is not None:
                 length = min(max(need.length, ahead), win.size - need.offset)
                 data = self.pread(length, need.offset)
                 if len(data) < need.length:  # the file shrank under us
                     raise TruncatedError(fmt, f"short read at {need.offset}", offset=need.offset) from None
                 win.add(need.offset, data)
+            try:
+                return decode(win)
+            except NeedBytes as more:
+                need = more
 
 
 def _open(path: str) -> int:
@@ -400,8 +410,8 @@ def read_image(
         try:
             try:
                 decoded = module.decode(win)  # the usual case: the first read holds it all
-            except NeedBytes:
-                decoded = reader.fill(module.decode, win, module.NAME)
+            except NeedBytes as need:
+                decoded = reader.fill(module.decode, win, module.NAME, need=need)
         except FormatError as exc:
             exc.probed_format = probed
             _opens(exc, module, reader, win)
