@@ -185,11 +185,11 @@ def signatures(
     header_end = header_end_of(image)
     if header_end < _MIN_END or size < _MIN_END:
         return ()
-    gpt, descriptors = (
-        _read_exactly(read, offset, length, image.format) if length else b""
-        for offset, length in spans(min(header_end, size))
-    )
-    return signatures_in(first, gpt, descriptors, image.format, header_end)
+    (gpt_at, gpt_length), (sectors_at, sectors_length) = spans(min(header_end, size))
+    fmt = image.format
+    gpt = _read_exactly(read, gpt_at, gpt_length, fmt) if gpt_length else b""
+    descriptors = _read_exactly(read, sectors_at, sectors_length, fmt) if sectors_length else b""
+    return signatures_in(first, gpt, descriptors, fmt, header_end)
 
 
 def _read_exactly(read: Callable[[int, int], bytes], offset: int, length: int, fmt: str) -> bytes:

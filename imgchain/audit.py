@@ -46,6 +46,7 @@ from imgchain.errors import (
     shown,
 )
 from imgchain.formats import Reference
+from imgchain.formats._base import make_record
 from imgchain.names import combine, protocol_of
 from imgchain.parallel import ordered_map
 from imgchain.policy import (
@@ -210,7 +211,8 @@ class ImageEntry:
     @property
     def dependents(self) -> list[str]:
         """The paths of the overlays whose backing file this is, sorted."""
-        return sorted(d.path for d in self._dependents or ())
+        overlays = self._dependents
+        return sorted([d.path for d in overlays]) if overlays else []
 
     @property
     def dependent_entries(self) -> list[ImageEntry]:
@@ -317,17 +319,21 @@ def facts_of(
         mismatch = mismatch_finding(path, fmt, by, image.probed_format, image.content, chain)
         findings.append((mismatch, (fmt,)))
     refs = d.references
-    if not standalone and all(ref.kind == "backing" for ref in refs):
+    if refs and not standalone and all(ref.kind == "backing" for ref in refs):
         refs = ()  # (the backing file is the edge, followed by expand)
-    return Facts(
-        _identity(image.file),
-        image.format,
-        image.probed_format,
-        d.virtual_size,
-        d.backing_filename,
-        d.backing_format,
-        tuple(findings),
-        refs,
+    info = image.file
+    return make_record(
+        Facts,
+        (
+            info.dev << 64 | info.ino,  # (_identity)
+            image.format,
+            image.probed_format,
+            d.virtual_size,
+            d.backing_filename,
+            d.backing_format,
+            tuple(findings) if findings else (),
+            refs,
+        ),
     )
 
 

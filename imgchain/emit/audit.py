@@ -54,6 +54,7 @@ def finding_dict(f: Finding) -> dict[str, Any]:
 
 
 def image_dict(e: ImageEntry) -> dict[str, Any]:
+    worst = e.worst
     return {
         "path": e.path,
         "named": e.named,
@@ -64,7 +65,7 @@ def image_dict(e: ImageEntry) -> dict[str, Any]:
         "backing": e.backing,
         "backing_format": e.backing_format,
         "dependents": e.dependents,
-        "worst": e.worst.label if e.worst is not None else None,
+        "worst": None if worst is None else worst.label,
     }
 
 
