@@ -222,7 +222,7 @@ def heavy(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
     print(f"\n| {f'chain-heavy store: {n} images, {t} chains, depths 2-5':<52} | {'median':>12} | {'unit':<9} |")
     print(f"|{'-' * 54}|{'-' * 14}|{'-' * 11}|")
     print(f"| {'bare walk: scandir+stat+open+read 4 KiB+close':<52} | {bare:>12.3f} | {'s':<9} |")
-    label = "the audit's reads alone (import construct; no decoding)"
+    label = "the audit's reads alone (construct, no decoding)"
     print(f"| {label:<52} | {statistics.median(runs['io']):>12.3f} | {'s':<9} |")
     for name in ("json", "jsonl", "human"):
         label = f"imgchain audit --output {name} STORE"
