@@ -368,9 +368,8 @@ def audit_in_child(*args: str) -> set[tuple[str, str]]:
     return {(f["code"], pathlib.Path(f["image"]).name) for f in json.loads(proc.stdout)["findings"]}
 
 
-def test_directory_of_every_hostile_case(store, capsys):
-    """Every hostile shape in one store: the audit finishes, reports each, exits 1."""
-    hostile = store / "hostile"
+def put_hostile(hostile: pathlib.Path) -> None:
+    """Every hostile shape, one file each, in the folder ``hostile``."""
     put(hostile / "guest.raw", qcow2_naming("/etc/shadow"))
     put(hostile / "etc-hosts.qcow2", qcow2_naming("/etc/hosts"))
     put(hostile / "data.qcow2", (FIXTURES / "misc/data-file.qcow2").read_bytes())
@@ -383,6 +382,11 @@ def test_directory_of_every_hostile_case(store, capsys):
     put(hostile / "net.qcow2", qcow2_naming("nbd:evil.example:10809"))
     put(hostile / "bad.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, version=4))
     put(hostile / "json.qcow2", qcow2_naming('json:{"file":{"driver":"file","filename":"/etc/shadow"}}', None))
+
+
+def test_directory_of_every_hostile_case(store, capsys):
+    """Every hostile shape in one store: the audit finishes, reports each, exits 1."""
+    put_hostile(store / "hostile")
     found = audit_in_child("--root", "hostile", "-f", "raw", "hostile")
     assert {
         ("format-probe-mismatch", "guest.raw"),

@@ -11,7 +11,7 @@ import signal
 
 import craft
 import pytest
-from test_audit import FIXTURES, MID, PLAIN, put, qcow2_naming
+from test_audit import FIXTURES, MID, PLAIN, put, put_hostile, qcow2_naming
 
 import imgchain.audit
 import imgchain.parallel
@@ -121,21 +121,11 @@ def hostile_store(root: pathlib.Path) -> None:
     put(root / "vm1/base.raw", b"\0" * 512)
     os.link(root / "vm1/mid.qcow2", root / "vm2/hardlink.qcow2")
     h = root / "hostile"
-    put(h / "guest.raw", qcow2_naming("/etc/shadow"))
-    put(h / "traversal.qcow2", qcow2_naming("../../../../etc/passwd"))
-    put(h / "innocent.qcow2", qcow2_naming("base.raw"))
-    os.symlink("/etc/hosts", h / "base.raw")
+    put_hostile(h)  # (and more shapes that make the audit read a file its own way:)
     os.symlink("../bases/base.raw", h / "inside-link.raw")
-    put(h / "fifo.qcow2", qcow2_naming("pipe"))
-    os.mkfifo(h / "pipe")
-    put(h / "loop.qcow2", qcow2_naming("loop.qcow2", "qcow2"))
-    put(h / "net.qcow2", qcow2_naming("nbd:evil.example:10809"))
-    put(h / "bad.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, version=4))
     put(h / "short.qcow2", MID[:40])
     put(h / "dirty.qcow2", craft.patch(PLAIN, craft.QCOW2_FIELDS, incompatible_features=1))
-    put(h / "json.qcow2", qcow2_naming('json:{"file":{"driver":"file","filename":"/etc/shadow"}}', None))
     put(h / "json-backing.qcow2", qcow2_naming('json:{"driver":"qcow2","file":{"driver":"file","filename":"x"}}', None))
-    put(h / "data.qcow2", (FIXTURES / "misc/data-file.qcow2").read_bytes())
     put(h / "data.raw", (FIXTURES / "misc/data.raw").read_bytes())
     put(h / "empty.raw", b"")
     vmdk = b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "/etc/shadow" 0\n'
