@@ -258,7 +258,7 @@ def _add_audit(sub: Any, full: bool) -> None:
         type=_positive,
         default=None,
         metavar="N",
-        help="processes that read a large store's files (at least 1,000 of them) in parallel; 1 reads them in "
+        help="processes that read a large store's files (at least 1,500 of them) in parallel; 1 reads them in "
         "this process only (default: the number of CPUs this process may use)",
     )
     aud.add_argument(

@@ -32,7 +32,7 @@ R = TypeVar("R")
 #: Items per batch that a helper works on and sends back in one piece.
 BATCH = 64
 #: Below this many items, helper processes cost more than they save.
-MIN_ITEMS = 1000
+MIN_ITEMS = 1500
 #: Of each round of batches, the caller takes one and each helper this many.
 #: Taking in a helper's result costs the caller about a seventh of reading
 #: the file, but the caller also turns every result into its audit entry:
