@@ -89,7 +89,6 @@ __all__ = [
     "Signature",
     "foreign_signatures",
     "header_end_of",
-    "plan",
     "signatures",
     "signatures_in",
     "spans",
@@ -164,16 +163,6 @@ def foreign_signatures(win: Window, fmt: str, header_end: int) -> tuple[Signatur
         win.get(offset, length, fmt, "polyglot signatures") if length else b"" for offset, length in spans(end)
     )
     return signatures_in(low, gpt, descriptors, fmt)
-
-
-def plan(image: DecodedImage, size: int) -> tuple[int, tuple[tuple[int, int], tuple[int, int]]] | None:
-    """What the scan of ``image`` (a file of ``size`` bytes) needs: None
-    where there is nothing to scan, else (header_end, the two ranges of
-    :func:`spans`)."""
-    header_end = header_end_of(image)
-    if header_end < _MIN_END or size < _MIN_END:
-        return None
-    return header_end, spans(min(header_end, size))
 
 
 def signatures(

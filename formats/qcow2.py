@@ -466,7 +466,7 @@ def decode_header(data: bytes | Window) -> Qcow2Header:
             # The rest of the header (bytes 105.. header_length) is padding or
             # fields newer than this decoder: they still have to be there.
             rest = win.get(V3_MIN_HEADER_LENGTH, header_length - V3_MIN_HEADER_LENGTH, NAME, "header", 100)
-            compression_type = rest[0]  # (QCOW2_COMPRESSION_TYPE: one unsigned byte)
+            (compression_type,) = unpack(QCOW2_COMPRESSION_TYPE, rest[:1], NAME, "compression_type", 104)
         header = Qcow2Header._make((*fields, compression_type))
     _check_header(header)
     return header
