@@ -24,7 +24,7 @@ from typing import Any, cast
 from imgchain.errors import UnsupportedFeatureError
 
 from . import qcow2, qed, raw
-from ._base import REFERENCE_KINDS, DecodedImage, NeedBytes, Reference, Window
+from ._base import REFERENCE_KINDS, DecodedImage, NeedBytes, Reference, Window, make_record
 
 __all__ = [
     "PROBE_SIZE",
@@ -36,6 +36,7 @@ __all__ = [
     "Window",
     "by_name",
     "decoder_for",
+    "make_record",
     "names",
     "probe",
     "probe_name",

@@ -45,8 +45,7 @@ from imgchain.errors import (
     PathError,
     shown,
 )
-from imgchain.formats import Reference
-from imgchain.formats._base import make_record
+from imgchain.formats import Reference, make_record
 from imgchain.names import combine, protocol_of
 from imgchain.parallel import ordered_map
 from imgchain.policy import (
@@ -321,11 +320,10 @@ def facts_of(
     refs = d.references
     if refs and not standalone and all(ref.kind == "backing" for ref in refs):
         refs = ()  # (the backing file is the edge, followed by expand)
-    info = image.file
     return make_record(
         Facts,
         (
-            info.dev << 64 | info.ino,  # (_identity)
+            _identity(image.file),
             image.format,
             image.probed_format,
             d.virtual_size,
@@ -434,7 +432,11 @@ class _Audit:
         """The entry of ``info``'s file read as ``fmt`` (None: probed), read
         now if it has not been yet; or, given ``facts`` (a helper process's
         reading of a named file), the entry of that file."""
-        ident = facts.ident if facts is not None else _identity(info)  # type: ignore[arg-type]
+        if facts is not None:
+            ident = facts.ident
+        else:
+            assert info is not None  # (a file not read by a helper is stat-ed first)
+            ident = _identity(info)
         readings = self.nodes.get(ident)
         for node in readings if isinstance(readings, list) else (readings,) if readings else ():
             # (a relative backing name means another file from another folder)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Generator, Sequence
 from typing import BinaryIO, TypeVar
 
-__all__ = ["BATCH", "MIN_ITEMS", "SHARE", "ordered_map", "usable_cpus"]
+__all__ = ["BATCH", "MIN_ITEMS", "ordered_map", "usable_cpus"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,11 +33,6 @@ R = TypeVar("R")
 BATCH = 64
 #: Below this many items, helper processes cost more than they save.
 MIN_ITEMS = 1500
-#: Of each round of batches, the caller takes one and each helper this many.
-#: Taking in a helper's result costs the caller about a seventh of reading
-#: the file, but the caller also turns every result into its audit entry:
-#: on 2 CPUs, 1 was measured best (docs/performance.md).
-SHARE = 1
 
 
 def usable_cpus() -> int:
@@ -62,9 +57,11 @@ def ordered_map(work: Callable[[T], R | None], items: Sequence[T], jobs: int) ->
     if not helpers:
         yield from (None for _ in items)
         return
-    cycle = SHARE * helpers + 1  # batches per round: the caller's one, then SHARE for each helper
+    # Batch b goes to process b % jobs (0: the caller).  Taking in a helper's result costs the caller
+    # about a seventh of reading the file, but the caller also turns every result into its audit
+    # entry: on 2 CPUs, an equal share was measured best (docs/performance.md).
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-    owner = [0 if b % cycle == 0 else (b % cycle - 1) // SHARE + 1 for b in range(len(batches))]
+    owner = [b % (helpers + 1) for b in range(len(batches))]
     procs: list[tuple[int, BinaryIO] | None] = []
     try:
         for h in range(1, helpers + 1):

@@ -36,8 +36,7 @@ from imgchain.errors import (
     NotRegularFileError,
     TruncatedError,
 )
-from imgchain.formats import NeedBytes, Window, polyglot, qcow2
-from imgchain.formats._base import make_record
+from imgchain.formats import NeedBytes, Window, make_record, polyglot, qcow2
 
 if TYPE_CHECKING:
     from imgchain.formats import luks, vmdk
